@@ -1,0 +1,91 @@
+"""The composition root: ``create_app(settings)`` wires every slice into one Litestar application."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from broker import __version__
+from broker.audiences import routes as audiences_routes
+from broker.context import Runtime
+from broker.crypto.keyring import KeyRing
+from broker.db.engine import create_engine, create_sessionmaker
+from broker.http import errors as http_errors
+from broker.http import health
+from broker.http import logging as http_logging
+from broker.oauth import routes as oauth_routes
+from broker.settings import Settings
+from broker.tenants import routes as tenants_routes
+from broker.users import routes as users_routes
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from litestar.datastructures import State
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Load the key ring and build the engine. Fails fast on a bad key ring."""
+    ring = KeyRing.from_settings(settings)
+    engine = create_engine(settings)
+    return Runtime(settings=settings, ring=ring, engine=engine, sessions=create_sessionmaker(engine))
+
+
+def _provide_runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+async def _provide_session(state: State) -> AsyncIterator[AsyncSession]:
+    runtime: Runtime = state.runtime
+    async with runtime.sessions() as session:
+        yield session
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the ASGI application. Nothing registers itself at import time."""
+    settings = settings or Settings()
+    http_logging.configure(settings)
+    runtime = build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.engine.dispose()
+
+    return Litestar(
+        route_handlers=[
+            health.healthz,
+            health.readyz,
+            oauth_routes.router,
+            oauth_routes.metadata,
+            users_routes.router,
+            tenants_routes.router,
+            audiences_routes.router,
+        ],
+        dependencies={
+            "runtime": Provide(_provide_runtime, sync_to_thread=False),
+            "session": Provide(_provide_session),
+        },
+        exception_handlers=http_errors.HANDLERS,
+        middleware=[http_logging.RequestContextMiddleware],
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="broker",
+            version=__version__,
+            description="Plaid-compatible multi-party token exchange broker",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+    )

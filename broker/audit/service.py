@@ -1,0 +1,58 @@
+"""Audit events, written inside the caller's transaction so they commit (or roll back) with the change.
+
+Invariant: no token, secret or key is ever passed here; ``detail`` holds ids, counts and names only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import insert
+
+from broker.db.models import AuditEvent
+
+if TYPE_CHECKING:
+    import uuid
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    action: str,
+    actor: str,
+    tenant_id: uuid.UUID | None,
+    request_id: str | None,
+    outcome: str = "success",
+    grant_id: uuid.UUID | None = None,
+    user_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Insert one audit event in the current transaction."""
+    await session.execute(
+        insert(AuditEvent).values(
+            tenant_id=tenant_id,
+            request_id=request_id,
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            grant_id=grant_id,
+            user_id=user_id,
+            detail=detail or {},
+        )
+    )
+
+
+async def record_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert several audit events in one statement (each dict has :func:`record`'s keyword names)."""
+    if not rows:
+        return
+    defaults: dict[str, Any] = {
+        "outcome": "success",
+        "grant_id": None,
+        "user_id": None,
+        "detail": {},
+        "request_id": None,
+    }
+    await session.execute(insert(AuditEvent), [{**defaults, **row} for row in rows])

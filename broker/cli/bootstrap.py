@@ -1,0 +1,63 @@
+"""Start-up shared by every CLI command: validated settings, and the development fallbacks.
+
+In development mode (the default) a missing database URL starts the embedded PostgreSQL under
+``<data_dir>/pg`` and a missing key ring is generated in ``<data_dir>/keyring.json``; both are
+announced loudly. In production mode nothing is filled in: missing settings stop start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from broker.crypto.keyring import ensure_dev_key_file
+from broker.db import embedded
+from broker.settings import Settings, describe_validation_error
+
+
+@dataclass
+class Started:
+    """Settings after the fallbacks, and the embedded server handle to keep alive (if any)."""
+
+    settings: Settings
+    embedded_server: Any = None
+
+
+def load_settings() -> Settings:
+    """Read settings or exit with one clear line per bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        click.echo(f"broker: invalid configuration\n{describe_validation_error(exc)}", err=True)
+        sys.exit(2)
+
+
+def start(*, quiet: bool = False) -> Started:
+    """Settings with development fallbacks applied (exported to the environment for worker processes)."""
+    settings = load_settings()
+    server = None
+    notes: list[str] = []
+    if settings.env != "production":
+        if settings.database_url is None:
+            server, url = embedded.start(settings.data_dir)
+            os.environ["BROKER_DATABASE_URL"] = url
+            notes.append(f"embedded PostgreSQL in {settings.data_dir / 'pg'}")
+        if settings.keys is None and settings.key_file is None:
+            path = (settings.data_dir / "keyring.json").resolve()
+            created = ensure_dev_key_file(path)
+            os.environ["BROKER_KEY_FILE"] = str(path)
+            notes.append(f"{'generated' if created else 'using'} development key ring {path}")
+        settings = load_settings()
+    if notes and not quiet:
+        banner = "=" * 78
+        click.secho(banner, fg="yellow", err=True)
+        click.secho(" DEVELOPMENT MODE: not for production data", fg="yellow", bold=True, err=True)
+        for note in notes:
+            click.secho(f"  - {note}", fg="yellow", err=True)
+        click.secho(banner, fg="yellow", err=True)
+    return Started(settings=settings, embedded_server=server)

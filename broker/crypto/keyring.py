@@ -1,0 +1,128 @@
+"""The key ring: one active AES-256 key for sealing, older keys for opening, and the hash key.
+
+Keys come from configuration (``BROKER_KEYS`` / ``BROKER_HASH_KEY`` or a ``BROKER_KEY_FILE``), never
+from the database. ``BROKER_KEYS`` is ``kid:base64key[,kid:base64key...]``; the first entry is active.
+A key file is JSON: ``{"active": kid, "keys": {kid: base64key}, "hash_key": base64key}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from broker.settings import Settings
+
+KEY_BYTES = 32
+_KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class KeyRingError(Exception):
+    """The configured keys are missing or malformed."""
+
+
+def _decode_key(kid: str, text: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise KeyRingError(f"key {kid!r} is not base64") from exc
+    if len(raw) != KEY_BYTES:
+        raise KeyRingError(f"key {kid!r} must be {KEY_BYTES} bytes, got {len(raw)}")
+    return raw
+
+
+@dataclass(frozen=True, repr=False)
+class KeyRing:
+    """Encryption keys by id plus the HMAC key used for lookups. ``repr`` never shows key material."""
+
+    active_kid: str
+    keys: dict[str, bytes] = field(default_factory=dict)
+    hash_key: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.active_kid not in self.keys:
+            raise KeyRingError(f"active key {self.active_kid!r} is not in the ring")
+        for kid in self.keys:
+            if not _KID.match(kid):
+                raise KeyRingError(f"key id {kid!r} must match {_KID.pattern}")
+        if len(self.hash_key) < KEY_BYTES:
+            raise KeyRingError(f"the hash key must be at least {KEY_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        return f"KeyRing(active={self.active_kid!r}, kids={sorted(self.keys)!r}, keys=***)"
+
+    @property
+    def active(self) -> tuple[str, bytes]:
+        """The ``(kid, key)`` pair new ciphertexts are sealed with."""
+        return self.active_kid, self.keys[self.active_kid]
+
+    def get(self, kid: str) -> bytes | None:
+        """The key for ``kid``, if the ring still holds it."""
+        return self.keys.get(kid)
+
+    @classmethod
+    def parse(cls, keys: str, hash_key: str) -> KeyRing:
+        """Build a ring from the ``BROKER_KEYS`` and ``BROKER_HASH_KEY`` formats."""
+        parsed: dict[str, bytes] = {}
+        order: list[str] = []
+        for raw_entry in keys.split(","):
+            entry = raw_entry.strip()
+            if not entry:
+                continue
+            kid, sep, material = entry.partition(":")
+            if not sep:
+                raise KeyRingError("each key must be written kid:base64key")
+            if kid in parsed:
+                raise KeyRingError(f"key id {kid!r} appears twice")
+            parsed[kid] = _decode_key(kid, material)
+            order.append(kid)
+        if not order:
+            raise KeyRingError("no encryption key given")
+        return cls(active_kid=order[0], keys=parsed, hash_key=_decode_key("hash_key", hash_key))
+
+    @classmethod
+    def load_file(cls, path: Path) -> KeyRing:
+        """Read a JSON key file."""
+        try:
+            data = json.loads(path.read_text())
+            keys = {kid: _decode_key(kid, text) for kid, text in data["keys"].items()}
+            return cls(active_kid=data["active"], keys=keys, hash_key=_decode_key("hash_key", data["hash_key"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeyRingError(f"cannot read key file {path}: {exc.__class__.__name__}") from exc
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        """The ring the settings name: explicit variables win over the key file."""
+        if settings.keys is not None:
+            hash_key = settings.hash_key
+            if hash_key is None:
+                raise KeyRingError("BROKER_HASH_KEY is required with BROKER_KEYS")
+            return cls.parse(settings.keys.get_secret_value(), hash_key.get_secret_value())
+        if settings.key_file is not None:
+            return cls.load_file(settings.key_file)
+        raise KeyRingError("no key ring configured: set BROKER_KEYS and BROKER_HASH_KEY, or BROKER_KEY_FILE")
+
+
+def generate_key() -> str:
+    """A new random 256-bit key, base64url-encoded."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")
+
+
+def ensure_dev_key_file(path: Path) -> bool:
+    """Create a development key file at ``path`` (mode 0600) unless one exists. Returns True if created."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"active": "dev-1", "keys": {"dev-1": generate_key()}, "hash_key": generate_key()}, indent=2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(body + "\n")
+    return True

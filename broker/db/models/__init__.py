@@ -1,0 +1,24 @@
+"""Every model, imported so that ``Base.metadata`` knows all tables (for Alembic's comparisons)."""
+
+from broker.db.models.admin_key import AdminKey
+from broker.db.models.audience import Audience, AudienceMember, AudiencePolicy
+from broker.db.models.audit import AuditEvent
+from broker.db.models.grant import Grant, GrantParty
+from broker.db.models.tenant import ClientSecret, Tenant
+from broker.db.models.token import AccessToken, RefreshToken
+from broker.db.models.user import User
+
+__all__ = [
+    "AccessToken",
+    "AdminKey",
+    "Audience",
+    "AudienceMember",
+    "AudiencePolicy",
+    "AuditEvent",
+    "ClientSecret",
+    "Grant",
+    "GrantParty",
+    "RefreshToken",
+    "Tenant",
+    "User",
+]

@@ -1,0 +1,117 @@
+"""Typed settings read from ``BROKER_*`` environment variables.
+
+Settings are validated when the process starts. In production mode every secret must be provided
+explicitly; in development mode the CLI fills the gaps (embedded PostgreSQL, a generated key ring under
+``.broker/``) and says so loudly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+
+class Settings(BaseSettings):
+    """Every knob broker has. Field names map to ``BROKER_<NAME>`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="BROKER_", extra="ignore", frozen=True)
+
+    env: Environment = "development"
+    database_url: str | None = None
+    data_dir: Path = Path(".broker")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    issuer: str = "http://127.0.0.1:8000"
+    resources: tuple[str, ...] = ()
+
+    keys: SecretStr | None = None
+    key_file: Path | None = None
+    hash_key: SecretStr | None = None
+
+    token_env: str = Field(default="sandbox", pattern=r"^[a-z]{1,16}$")
+    access_token_ttl: int = Field(default=900, ge=60, le=86_400)
+    refresh_token_ttl: int = Field(default=30 * 86_400, ge=300, le=400 * 86_400)
+    refresh_grace_seconds: int = Field(default=30, ge=0, le=600)
+
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=100)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool | None = None
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _split_resources(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+            msg = "must be a postgresql:// URL"
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> Settings:
+        if self.env != "production":
+            return self
+        if self.database_url is None:
+            msg = "BROKER_DATABASE_URL is required in production"
+            raise ValueError(msg)
+        if self.keys is None and self.key_file is None:
+            msg = "BROKER_KEYS or BROKER_KEY_FILE is required in production"
+            raise ValueError(msg)
+        if self.hash_key is None and self.key_file is None:
+            msg = "BROKER_HASH_KEY (or a BROKER_KEY_FILE holding hash_key) is required in production"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def async_database_url(self) -> str:
+        """The database URL with the asyncpg driver named, as SQLAlchemy wants it."""
+        if self.database_url is None:
+            msg = "no database URL configured"
+            raise RuntimeError(msg)
+        return to_asyncpg_url(self.database_url)
+
+    @property
+    def json_logs(self) -> bool:
+        """Whether logs are JSON lines (the default outside development)."""
+        return self.log_json if self.log_json is not None else self.env != "development"
+
+    @property
+    def allowed_resources(self) -> frozenset[str]:
+        """Resource indicators (RFC 8707) a client may ask for: the issuer and any configured ones."""
+        return frozenset((self.issuer, *self.resources))
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Return ``url`` with the ``postgresql+asyncpg`` scheme."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Render a settings error as one line per offending variable, naming the variable."""
+    lines = []
+    for error in exc.errors():
+        loc = "_".join(str(part) for part in error["loc"]).upper()
+        name = f"BROKER_{loc}" if loc else "configuration"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "\n".join(lines)

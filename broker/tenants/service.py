@@ -1,0 +1,170 @@
+"""Tenants: creation with a generated secret, administration, and client authentication."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from broker import errors, scopes
+from broker.audit import service as audit
+from broker.crypto import tokens
+from broker.db.models import ClientSecret, Tenant
+from broker.db.models.tenant import TENANT_KINDS, TENANT_STATUSES
+from broker.tenants import repository
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from broker.crypto.keyring import KeyRing
+    from broker.http.auth import Credentials
+
+TOUCH_INTERVAL = timedelta(minutes=5)
+_DUMMY_HASH = "hmac-sha256$" + "0" * 64
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """What an operator may set on a tenant. ``None`` means "leave as is" on update, "default" on create."""
+
+    name: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    allowed_scopes: tuple[str, ...] | None = None
+    default_scopes: tuple[str, ...] | None = None
+    access_token_ttl: int | None = None
+    refresh_token_ttl: int | None = None
+
+
+def _validate_scalars(spec: TenantSpec) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if spec.name is not None:
+        name = spec.name.strip()
+        if not name or len(name) > 200 or "\x00" in name:  # noqa: PLR2004
+            raise errors.ValidationFailed("name must be 1 to 200 characters")
+        values["name"] = name
+    for field, choices in (("kind", TENANT_KINDS), ("status", TENANT_STATUSES)):
+        value = getattr(spec, field)
+        if value is not None:
+            if value not in choices:
+                raise errors.ValidationFailed(f"{field} must be one of {', '.join(choices)}")
+            values[field] = value
+    for field, low, high in (("access_token_ttl", 60, 86_400), ("refresh_token_ttl", 300, 400 * 86_400)):
+        value = getattr(spec, field)
+        if value is not None:
+            if not low <= value <= high:
+                raise errors.ValidationFailed(f"{field} must be between {low} and {high} seconds")
+            values[field] = value
+    return values
+
+
+def _validate(spec: TenantSpec, current: Tenant | None) -> dict[str, Any]:
+    values = _validate_scalars(spec)
+    for field in ("allowed_scopes", "default_scopes"):
+        value = getattr(spec, field)
+        if value is not None:
+            if len(value) > scopes.MAX_SCOPES or not all(scopes.is_valid_scope_token(s) for s in value):
+                raise errors.ValidationFailed(f"{field} must be a list of valid scope tokens")
+            values[field] = sorted(set(value))
+    allowed = values.get("allowed_scopes", current.allowed_scopes if current else list(scopes.BUILTIN_SCOPES))
+    default = values.get("default_scopes", current.default_scopes if current else None)
+    if default is None:
+        default = [s for s in scopes.DEFAULT_SCOPES if s in allowed]
+        values["default_scopes"] = default
+    if not set(default) <= set(allowed):
+        raise errors.ValidationFailed("default_scopes must be a subset of allowed_scopes")
+    if current is None:
+        values.setdefault("allowed_scopes", allowed)
+    return values
+
+
+async def create_tenant(
+    session: AsyncSession, ring: KeyRing, spec: TenantSpec, *, actor: str, request_id: str | None
+) -> tuple[Tenant, str]:
+    """Create a tenant with a fresh client id and secret; the secret is returned once and never stored.
+
+    The caller owns the transaction.
+    """
+    if spec.name is None:
+        raise errors.ValidationFailed("name is required")
+    values = _validate(spec, None)
+    tenant = Tenant(id=uuid.uuid4(), client_id=tokens.new_client_id(), **values)
+    tenant.kind = values.get("kind", "customer")
+    tenant.status = values.get("status", "active")
+    secret = tokens.new_client_secret()
+    session.add(tenant)
+    await session.flush()
+    session.add(
+        ClientSecret(id=uuid.uuid4(), tenant_id=tenant.id, secret_hash=tokens.hash_secret(ring.hash_key, secret))
+    )
+    await session.flush()
+    await session.refresh(tenant)
+    await audit.record(
+        session,
+        action="tenant.created",
+        actor=actor,
+        tenant_id=tenant.id,
+        request_id=request_id,
+        detail={"client_id": tenant.client_id, "kind": tenant.kind},
+    )
+    return tenant, secret
+
+
+async def update_tenant(
+    session: AsyncSession, client_id: str, spec: TenantSpec, *, actor: str, request_id: str | None
+) -> Tenant:
+    """Apply ``spec`` to the tenant with ``client_id``. The caller owns the transaction."""
+    tenant = await repository.by_client_id(session, client_id)
+    if tenant is None:
+        raise errors.NotFound("no tenant with that client_id")
+    values = _validate(spec, tenant)
+    for key, value in values.items():
+        setattr(tenant, key, value)
+    tenant.updated_at = datetime.now(UTC)
+    await session.flush()
+    await audit.record(
+        session,
+        action="tenant.updated",
+        actor=actor,
+        tenant_id=tenant.id,
+        request_id=request_id,
+        detail={"client_id": client_id, "fields": sorted(values)},
+    )
+    return tenant
+
+
+async def get_tenant(session: AsyncSession, client_id: str) -> Tenant:
+    """The tenant with ``client_id``, or ``NotFound``."""
+    tenant = await repository.by_client_id(session, client_id)
+    if tenant is None:
+        raise errors.NotFound("no tenant with that client_id")
+    return tenant
+
+
+async def authenticate(session: AsyncSession, ring: KeyRing, credentials: Credentials) -> Tenant:
+    """Authenticate a client by id and secret. Runs its own short transaction.
+
+    Invariants: the secret is compared in constant time against every live secret of the client; an
+    unknown client id costs the same comparison, so timing does not reveal which ids exist; a
+    disabled tenant fails exactly like a wrong secret.
+
+    Raises:
+        InvalidClient: unknown client, wrong secret, or disabled tenant.
+    """
+    async with session.begin():
+        rows = await repository.with_live_secrets(session, credentials.client_id)
+        matched: tuple[Tenant, ClientSecret] | None = None
+        if not rows:
+            # Unknown client id: spend the same comparison a known one costs.
+            tokens.verify_secret(ring.hash_key, credentials.secret, _DUMMY_HASH)
+        for candidate in rows:
+            if tokens.verify_secret(ring.hash_key, credentials.secret, candidate[1].secret_hash):
+                matched = candidate
+        if matched is None or matched[0].status != "active":
+            raise errors.InvalidClient("client authentication failed", debug="unknown client, bad secret or disabled")
+        tenant, secret = matched
+        now = datetime.now(UTC)
+        if secret.last_used_at is None or now - secret.last_used_at > TOUCH_INTERVAL:
+            await repository.touch_secret(session, secret.id)
+    return tenant

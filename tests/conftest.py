@@ -1,0 +1,156 @@
+"""Shared fixtures: one migrated PostgreSQL database per test run, the app, and a live server.
+
+Tests isolate themselves by creating their own tenants (random client ids), so they never depend on
+each other's rows and need no cleanup between tests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from broker.app import create_app
+from broker.context import Runtime
+from broker.crypto.keyring import generate_key
+from broker.db import migrate
+from broker.settings import Settings
+from broker.tenants import service as tenants
+from tests import dbsetup
+
+_STATE: dict[str, Any] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    server, handle = dbsetup.server_url()
+    url = dbsetup.create_database(server)
+    _STATE.update(url=url, handle=handle)
+    migrate.upgrade(url)
+    os.environ.update(
+        BROKER_ENV="test",
+        BROKER_DATABASE_URL=url,
+        BROKER_KEYS=f"test-2:{generate_key()},test-1:{generate_key()}",
+        BROKER_HASH_KEY=generate_key(),
+        BROKER_LOG_LEVEL="INFO",
+        BROKER_LOG_JSON="true",
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    url = _STATE.pop("url", None)
+    if url and not os.environ.get("BROKER_KEEP_TEST_DATABASE"):
+        dbsetup.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    app = create_app(settings)
+    async with AsyncTestClient(app=app, base_url="http://broker.test") as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def runtime(client: AsyncTestClient[Any]) -> Runtime:
+    value: Runtime = client.app.state.runtime
+    return value
+
+
+@pytest.fixture(scope="session")
+def sessions(runtime: Runtime) -> async_sessionmaker[AsyncSession]:
+    return runtime.sessions
+
+
+@dataclass(frozen=True)
+class Client:
+    """A tenant's credentials, as a caller holds them."""
+
+    client_id: str
+    secret: str
+    tenant_id: uuid.UUID
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"PLAID-CLIENT-ID": self.client_id, "PLAID-SECRET": self.secret}
+
+    @property
+    def body(self) -> dict[str, str]:
+        return {"client_id": self.client_id, "secret": self.secret}
+
+
+@pytest.fixture(scope="session")
+def make_tenant(runtime: Runtime) -> Any:
+    async def _make(name: str = "tenant", **spec: Any) -> Client:
+        async with runtime.sessions() as session, session.begin():
+            tenant, secret = await tenants.create_tenant(
+                session,
+                runtime.ring,
+                tenants.TenantSpec(name=name, **spec),
+                actor="test",
+                request_id=None,
+            )
+        return Client(tenant.client_id, secret, tenant.id)
+
+    return _make
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[LiveServer]:
+    """broker served by granian in a subprocess (two workers), as in production."""
+    port = _free_port()
+    env = {**os.environ, "BROKER_PORT": str(port), "BROKER_WORKERS": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve", "--no-migrate"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("live server did not start")
+        time.sleep(0.1)
+    try:
+        yield LiveServer(url=url, process=process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+
+async def test_healthz_answers_with_a_request_id(client):
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert len(response.headers["x-request-id"]) == 16
+
+
+async def test_readyz_checks_database_migrations_and_keys(client):
+    response = await client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"] == {"keyring": "ok", "database": "ok", "migrations": "ok"}
+
+
+async def test_unknown_route_is_a_json_404_with_request_id(client):
+    response = await client.get("/nope")
+    assert response.status_code == 404
+    body = response.json()
+    assert body["error"]["code"] == "not_found"
+    assert body["request_id"] == response.headers["x-request-id"]
