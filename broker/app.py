@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator  # noqa: TC003 - Litestar resolves dependency annotations at runtime
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 from litestar import Litestar
+from litestar.datastructures import State  # noqa: TC002 - resolved at runtime by Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from sqlalchemy.ext.asyncio import AsyncSession  # noqa: TC002 - resolved at runtime by Litestar
 
 from broker import __version__
 from broker.audiences import routes as audiences_routes
@@ -22,12 +24,6 @@ from broker.oauth import routes as oauth_routes
 from broker.settings import Settings
 from broker.tenants import routes as tenants_routes
 from broker.users import routes as users_routes
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from litestar.datastructures import State
-    from sqlalchemy.ext.asyncio import AsyncSession
 
 
 def build_runtime(settings: Settings) -> Runtime:
