@@ -173,6 +173,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
         sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("requester_tenant_id", sa.Uuid(), nullable=False),
         sa.Column("holder_tenant_id", sa.Uuid(), nullable=True),
         sa.Column("parent_id", sa.Uuid(), nullable=True),
         sa.Column("path", postgresql.ARRAY(sa.Uuid()), server_default=sa.text("'{}'"), nullable=False),
@@ -194,6 +195,12 @@ def upgrade() -> None:
             ["holder_tenant_id"], ["tenants.id"], name=op.f("fk_grants_holder_tenant_id_tenants"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
+            ["requester_tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_grants_requester_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
             ["parent_id"], ["grants.id"], name=op.f("fk_grants_parent_id_grants"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
@@ -205,6 +212,7 @@ def upgrade() -> None:
     op.create_index(op.f("ix_grants_tenant_id_user_pk"), "grants", ["tenant_id", "user_pk"])
     op.create_index(op.f("ix_grants_parent_id"), "grants", ["parent_id"])
     op.create_index(op.f("ix_grants_holder_tenant_id"), "grants", ["holder_tenant_id"])
+    op.create_index(op.f("ix_grants_requester_tenant_id"), "grants", ["requester_tenant_id"])
     op.create_index("ix_grants_path", "grants", ["path"], postgresql_using="gin")
 
     op.create_table(

@@ -21,8 +21,9 @@ class Grant(Base):
         * ``tenant_id`` is the tenant that owns the data (the lender); every descendant inherits it.
         * ``path`` lists every ancestor id, root first. A grant is live only if it and every grant in its
           path are unrevoked, so a child created while an ancestor is being revoked can never outlive it.
-        * ``holder_tenant_id`` is the client that uses the grant's tokens; it is NULL for a multi-party
-          shared grant, whose users are its :class:`GrantParty` rows.
+        * ``requester_tenant_id`` is the client that asked for the grant; ``holder_tenant_id`` the client
+          that uses its tokens. The holder is NULL for a multi-party shared grant, whose users are its
+          :class:`GrantParty` rows.
     """
 
     __tablename__ = "grants"
@@ -34,12 +35,14 @@ class Grant(Base):
         Index(None, "tenant_id", "user_pk"),
         Index(None, "parent_id"),
         Index(None, "holder_tenant_id"),
+        Index(None, "requester_tenant_id"),
         Index("ix_grants_path", "path", postgresql_using="gin"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(Text)
+    requester_tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     holder_tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("grants.id", ondelete="CASCADE"))
     path: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)), server_default=text("'{}'"))
