@@ -21,7 +21,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker.app import create_app
+from broker.app import build_runtime, create_app
 from broker.context import Runtime
 from broker.crypto.keyring import generate_key
 from broker.db import migrate
@@ -68,9 +68,14 @@ async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
 
 
 @pytest.fixture(scope="session")
-def runtime(client: AsyncTestClient[Any]) -> Runtime:
-    value: Runtime = client.app.state.runtime
-    return value
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """The tests' own runtime (same settings and keys as the app). The test client runs the app on
+    another event loop, so tests must never borrow the app's engine."""
+    value = build_runtime(settings)
+    try:
+        yield value
+    finally:
+        await value.engine.dispose()
 
 
 @pytest.fixture(scope="session")
