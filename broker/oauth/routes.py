@@ -1,13 +1,104 @@
+"""``/oauth/token``, ``/oauth/introspect``, ``/oauth/revoke`` and RFC 8414 metadata: parse, call, render."""
+
 from __future__ import annotations
 
-from litestar import Router, get
+from typing import Any
 
-from broker.http.deps import RuntimeDep
+from litestar import MediaType, Request, Response, Router, get, post
+
+from broker import scopes
+from broker.db.models import Tenant
+from broker.http.auth import extract_credentials
+from broker.http.deps import RuntimeDep, SessionDep
+from broker.http.errors import NO_STORE, request_id_of
+from broker.http.params import oauth_params, required
+from broker.oauth import introspection, revocation, service
+from broker.oauth.flows.token_exchange import SUBJECT_TOKEN_TYPES
+from broker.oauth.schemas import IntrospectionResponse, RevokeResponse, ServerMetadata, TokenResponse
+from broker.tenants import service as tenants
+
+AUTH_METHODS = ["client_secret_post", "client_secret_basic", "plaid_headers"]
+
+
+async def _authenticate(
+    request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep, params: dict[str, list[str]]
+) -> Tenant:
+    credentials = extract_credentials(request.headers, params)
+    client = await tenants.authenticate(session, runtime.ring, credentials)
+    request.scope["state"]["client_id"] = client.client_id
+    return client
+
+
+@post("/oauth/token", status_code=200, media_type=MediaType.JSON)
+async def token(request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep) -> Response[TokenResponse]:
+    params = await oauth_params(request, multi=frozenset({"audience"}))
+    client = await _authenticate(request, runtime, session, params)
+    request_id = request_id_of(request)
+    issued = await service.issue_token(session, runtime, client, params, request_id)
+    body = TokenResponse(
+        access_token=issued.access_token,
+        refresh_token=issued.refresh_token,
+        token_type="Bearer",
+        expires_in=issued.expires_in,
+        scope=scopes.render(issued.scope),
+        request_id=request_id,
+        issued_token_type=issued.issued_token_type,
+    )
+    return Response(body, headers=NO_STORE)
+
+
+@post("/oauth/introspect", status_code=200, media_type=MediaType.JSON)
+async def introspect(
+    request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep
+) -> Response[IntrospectionResponse]:
+    params = await oauth_params(request)
+    client = await _authenticate(request, runtime, session, params)
+    request_id = request_id_of(request)
+    result = await introspection.introspect(session, runtime, client, required(params, "token"), request_id)
+    if result is None:
+        return Response(IntrospectionResponse(active=False, request_id=request_id), headers=NO_STORE)
+    body = IntrospectionResponse(
+        active=True,
+        request_id=request_id,
+        scope=result.scope,
+        client_id=result.client_id,
+        sub=result.sub,
+        aud=result.aud,
+        iss=result.iss,
+        exp=result.exp,
+        iat=result.iat,
+        token_type=result.token_type,
+        user_id=result.user_id,
+    )
+    return Response(body, headers=NO_STORE)
+
+
+@post("/oauth/revoke", status_code=200, media_type=MediaType.JSON)
+async def revoke(request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep) -> Response[RevokeResponse]:
+    params = await oauth_params(request)
+    client = await _authenticate(request, runtime, session, params)
+    request_id = request_id_of(request)
+    await revocation.revoke(session, runtime, client, required(params, "token"), request_id)
+    return Response(RevokeResponse(request_id=request_id), headers=NO_STORE)
 
 
 @get("/.well-known/oauth-authorization-server", sync_to_thread=False)
-def metadata(runtime: RuntimeDep) -> dict[str, object]:
-    return {"issuer": runtime.settings.issuer}
+def metadata(runtime: RuntimeDep) -> ServerMetadata:
+    issuer = runtime.settings.issuer.rstrip("/")
+    return ServerMetadata(
+        issuer=runtime.settings.issuer,
+        token_endpoint=f"{issuer}/oauth/token",
+        introspection_endpoint=f"{issuer}/oauth/introspect",
+        revocation_endpoint=f"{issuer}/oauth/revoke",
+        grant_types_supported=sorted(service.FLOWS),
+        token_endpoint_auth_methods_supported=AUTH_METHODS,
+        introspection_endpoint_auth_methods_supported=AUTH_METHODS,
+        revocation_endpoint_auth_methods_supported=AUTH_METHODS,
+        response_types_supported=[],
+        scopes_supported=list(scopes.BUILTIN_SCOPES),
+        subject_token_types_supported=sorted(set(SUBJECT_TOKEN_TYPES.values())),
+        service_documentation=f"{issuer}/schema",
+    )
 
 
-router = Router(path="/", route_handlers=[])
+router = Router(path="/", route_handlers=[token, introspect, revoke])

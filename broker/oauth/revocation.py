@@ -1,0 +1,74 @@
+"""Token revocation (RFC 7009 §2) with lineage cascade.
+
+Invariants:
+    * Revoking a refresh token revokes its grant and every descendant grant (refresh successors live
+      in the same grant; exchanged children and party lineages are descendants) in one transaction,
+      also when the presented token was already rotated.
+    * Revoking an access token revokes only that token.
+    * A party (not the owner or requester) revoking a shared multi-party token, access or refresh,
+      withdraws only its own share: its party lineages die and it can no longer fork; the other parties
+      keep theirs.
+    * Unknown tokens and tokens the caller may not touch get the same 200 (RFC 7009 §2.2); a refused
+      attempt changes nothing and is audited.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from broker.audit import service as audit
+from broker.crypto import tokens
+from broker.oauth import repository
+from broker.oauth.introspection import describe, visible_to
+
+if TYPE_CHECKING:
+    import uuid
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from broker.context import Runtime
+    from broker.db.models import Tenant
+
+AUDITED_IDS = 100
+
+
+async def revoke(session: AsyncSession, runtime: Runtime, caller: Tenant, token: str, request_id: str) -> None:
+    """Revoke ``token`` on behalf of ``caller`` (see the module invariants)."""
+    now = datetime.now(UTC)
+    async with session.begin():
+        found = await describe(session, runtime, caller, token)
+        if found is None:
+            return
+        kind, row = found
+        grant = row.Grant
+        base = {
+            "actor": caller.client_id,
+            "tenant_id": grant.tenant_id,
+            "request_id": request_id,
+            "user_id": row.user_id,
+        }
+        if not visible_to(row, caller):
+            await audit.record(session, action="token.revoke_refused", grant_id=grant.id, outcome="denied", **base)
+            return
+        owner = caller.id in {grant.tenant_id, grant.requester_tenant_id}
+        if grant.kind == "multi_party" and not owner:
+            await repository.withdraw_party(session, grant.id, caller.id, now)
+            revoked: list[uuid.UUID] = []
+            for party_grant in await repository.party_grants(session, grant.id, caller.id):
+                revoked += await repository.revoke_subtree(session, party_grant, "party.withdrawn", now)
+            detail = {"token_kind": kind, **_summary(revoked)}
+            await audit.record(session, action="party.withdrawn", grant_id=grant.id, detail=detail, **base)
+            return
+        if kind == "access":
+            await repository.revoke_access(session, tokens.digest(runtime.ring.hash_key, token), now)
+            await audit.record(session, action="token.revoked", grant_id=grant.id, detail={"token_kind": kind}, **base)
+            return
+        revoked = await repository.revoke_subtree(session, grant.id, "token.revoked", now)
+        detail = {"token_kind": kind, **_summary(revoked)}
+        await audit.record(session, action="grant.revoked", grant_id=grant.id, detail=detail, **base)
+
+
+def _summary(revoked: list[uuid.UUID]) -> dict[str, Any]:
+    """Audit detail for a cascade: the count and at most the first hundred grant ids."""
+    return {"revoked_count": len(revoked), "revoked_grants": [str(g) for g in revoked[:AUDITED_IDS]]}
