@@ -63,6 +63,7 @@ async def add_grant(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
         kind=kind,
+        requester_tenant_id=tenant_id,
         holder_tenant_id=tenant_id,
         parent_id=parent.id if parent else None,
         path=[*parent.path, parent.id] if parent else [],
