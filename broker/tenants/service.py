@@ -35,6 +35,14 @@ class TenantSpec:
     default_scopes: tuple[str, ...] | None = None
     access_token_ttl: int | None = None
     refresh_token_ttl: int | None = None
+    clear: frozenset[str] = frozenset()
+    """On update: lifetime fields to reset to the server default (``access_token_ttl``, ``refresh_token_ttl``)."""
+
+
+CLEARABLE = frozenset({"access_token_ttl", "refresh_token_ttl"})
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+MAX_CURSOR_CHARS = 128
 
 
 def _validate_scalars(spec: TenantSpec) -> dict[str, Any]:
@@ -67,10 +75,10 @@ def _validate(spec: TenantSpec, current: Tenant | None) -> dict[str, Any]:
             if len(value) > scopes.MAX_SCOPES or not all(scopes.is_valid_scope_token(s) for s in value):
                 raise errors.ValidationFailed(f"{field} must be a list of valid scope tokens")
             values[field] = sorted(set(value))
-    allowed = values.get("allowed_scopes", current.allowed_scopes if current else list(scopes.BUILTIN_SCOPES))
+    allowed = values.get("allowed_scopes", current.allowed_scopes if current else sorted(scopes.BUILTIN_SCOPES))
     default = values.get("default_scopes", current.default_scopes if current else None)
     if default is None:
-        default = [s for s in scopes.DEFAULT_SCOPES if s in allowed]
+        default = sorted(s for s in scopes.DEFAULT_SCOPES if s in allowed)
         values["default_scopes"] = default
     if not set(default) <= set(allowed):
         raise errors.ValidationFailed("default_scopes must be a subset of allowed_scopes")
@@ -118,7 +126,16 @@ async def update_tenant(
     tenant = await repository.by_client_id(session, client_id)
     if tenant is None:
         raise errors.NotFound("no tenant with that client_id")
+    unknown = spec.clear - CLEARABLE
+    if unknown:
+        raise errors.ValidationFailed(f"{min(unknown)} cannot be cleared")
     values = _validate(spec, tenant)
+    for field in spec.clear:
+        if values.get(field) is not None:
+            raise errors.ValidationFailed(f"{field} cannot be both set and cleared")
+        values[field] = None
+    if not values:
+        raise errors.ValidationFailed("nothing to change: name at least one field")
     for key, value in values.items():
         setattr(tenant, key, value)
     tenant.updated_at = datetime.now(UTC)
@@ -132,6 +149,58 @@ async def update_tenant(
         detail={"client_id": client_id, "fields": sorted(values)},
     )
     return tenant
+
+
+async def disable_tenant(session: AsyncSession, client_id: str, *, actor: str, request_id: str | None) -> Tenant:
+    """Disable a tenant: it can no longer authenticate, and no exchange may target it.
+
+    Disabling a disabled tenant changes nothing. The caller owns the transaction.
+
+    Raises:
+        NotFound: no tenant has ``client_id``.
+    """
+    tenant = await get_tenant(session, client_id)
+    if tenant.status != "disabled":
+        tenant.status = "disabled"
+        tenant.updated_at = datetime.now(UTC)
+        await session.flush()
+        await audit.record(
+            session,
+            action="tenant.disabled",
+            actor=actor,
+            tenant_id=tenant.id,
+            request_id=request_id,
+            detail={"client_id": client_id},
+        )
+    return tenant
+
+
+async def list_tenants(
+    session: AsyncSession, *, limit: int = DEFAULT_PAGE_SIZE, after: str | None = None, kind: str | None = None
+) -> tuple[list[Tenant], str | None]:
+    """One page of tenants ordered by client id (keyset pagination).
+
+    Args:
+        session: The session.
+        limit: Page size, 1 to :data:`MAX_PAGE_SIZE`.
+        after: Return tenants whose client id sorts after this cursor (the previous page's ``next_after``).
+        kind: Only tenants of this kind.
+
+    Returns:
+        The page and the cursor of the next page (None on the last page).
+
+    Raises:
+        ValidationFailed: ``limit`` out of range, unknown ``kind`` or an over-long cursor.
+    """
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise errors.ValidationFailed(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+    if kind is not None and kind not in TENANT_KINDS:
+        raise errors.ValidationFailed(f"kind must be one of {', '.join(TENANT_KINDS)}")
+    if after is not None and (len(after) > MAX_CURSOR_CHARS or "\x00" in after):
+        raise errors.ValidationFailed("after must be a client id from a previous page")
+    rows = await repository.list_page(session, limit=limit + 1, after=after, kind=kind)
+    page = rows[:limit]
+    return page, page[-1].client_id if len(rows) > limit else None
 
 
 async def get_tenant(session: AsyncSession, client_id: str) -> Tenant:
