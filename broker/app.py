@@ -13,6 +13,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: TC002 - resolved at runtime by Litestar
 
 from broker import __version__
+from broker.admin_keys import routes as admin_keys_routes
 from broker.audiences import routes as audiences_routes
 from broker.context import Runtime
 from broker.crypto.keyring import KeyRing
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             users_routes.router,
             tenants_routes.router,
             audiences_routes.router,
+            admin_keys_routes.router,
         ],
         dependencies={
             "runtime": Provide(_provide_runtime, sync_to_thread=False),
