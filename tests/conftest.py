@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,16 +129,13 @@ class LiveServer:
     process: subprocess.Popen[bytes]
 
 
-@pytest.fixture(scope="session")
-def live_server() -> Iterator[LiveServer]:
-    """broker served by granian in a subprocess (two workers), as in production."""
+@contextmanager
+def serve(extra_env: dict[str, str] | None = None, output: Any = subprocess.DEVNULL) -> Iterator[LiveServer]:
+    """Run ``broker serve`` (granian) in a subprocess on a free port until the block exits."""
     port = _free_port()
-    env = {**os.environ, "BROKER_PORT": str(port), "BROKER_WORKERS": "2"}
+    env = {**os.environ, "BROKER_PORT": str(port), "BROKER_WORKERS": "2", **(extra_env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "serve", "--no-migrate"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "broker", "serve", "--no-migrate"], env=env, stdout=output, stderr=output
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -159,3 +157,10 @@ def live_server() -> Iterator[LiveServer]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[LiveServer]:
+    """broker served by granian in a subprocess (two workers), as in production."""
+    with serve() as server:
+        yield server

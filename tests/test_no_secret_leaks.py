@@ -6,16 +6,13 @@ from every audit row, and from every database column in plaintext.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
+import asyncio
 
 import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import _free_port
+from tests.conftest import serve
 from tests.oauth_helpers import EXCHANGE, MULTI, USER, add_member, allow, new_audience
 
 TABLES = [
@@ -36,28 +33,9 @@ TABLES = [
 
 @pytest.fixture
 def logged_server(tmp_path):
-    port = _free_port()
     log_path = tmp_path / "server.log"
-    env = {**os.environ, "BROKER_PORT": str(port), "BROKER_WORKERS": "1", "BROKER_LOG_LEVEL": "DEBUG"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "broker", "serve", "--no-migrate"], env=env, stdout=log, stderr=log
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        try:
-            yield url, log_path
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    with log_path.open("wb") as log, serve({"BROKER_WORKERS": "1", "BROKER_LOG_LEVEL": "DEBUG"}, output=log) as server:
+        yield server.url, log_path
 
 
 async def test_no_token_or_secret_reaches_logs_audit_rows_or_plaintext_columns(logged_server, make_tenant, sessions):
@@ -135,14 +113,14 @@ async def test_no_token_or_secret_reaches_logs_audit_rows_or_plaintext_columns(l
         await call("/user/remove", lender, user_id=user["user_id"])
 
     assert len(seen) >= 12
-    time.sleep(0.2)
+    await asyncio.sleep(0.2)
     log_text = log_path.read_text()
     assert '"path": "/oauth/token"' in log_text  # the server did log the requests
     async with sessions() as session:
         dumps = {
-            table: "\n".join((await session.execute(text(f"SELECT t::text FROM {table} t"))).scalars())
+            table: "\n".join((await session.execute(text(f"SELECT t::text FROM {table} t"))).scalars())  # noqa: S608
             for table in TABLES
-        }  # noqa: S608
+        }
     assert dumps["audit_events"]  # the scenario was audited
     for value in seen:
         assert value not in log_text, "a secret reached the server log"
