@@ -180,3 +180,16 @@ async def test_metadata_describes_the_server(client, settings):
     assert body["token_endpoint"].endswith("/oauth/token")
     assert "urn:ietf:params:oauth:grant-type:token-exchange" in body["grant_types_supported"]
     assert "urn:plaid:params:credit:multi-user" in body["subject_token_types_supported"]
+
+
+async def test_basic_auth_failure_carries_www_authenticate(client, make_tenant):
+    lender = await make_tenant()
+    basic = base64.b64encode(f"{lender.client_id}:wrong".encode()).decode()
+    response = await client.post(
+        "/oauth/token",
+        content="grant_type=client_credentials",
+        headers={"content-type": "application/x-www-form-urlencoded", "authorization": f"Basic {basic}"},
+    )
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Basic")
+    assert response.json()["error"] == "invalid_client"
