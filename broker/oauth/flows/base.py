@@ -19,12 +19,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from broker import errors
+from broker.audit import service as audit
 from broker.crypto import envelope, tokens
 from broker.db.models import Grant as GrantRow
 from broker.db.models import Tenant
 from broker.oauth import repository
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.context import Runtime
@@ -193,6 +196,47 @@ async def mint_pair(
         },
     )
     return MintedPair(access, refresh, refresh_id, access_expires_at)
+
+
+async def issue_grant(
+    session: AsyncSession,
+    runtime: Runtime,
+    request: TokenRequest,
+    new: NewGrant,
+    *,
+    action: str,
+    detail: dict[str, Any],
+    parties: Sequence[tuple[uuid.UUID, str]] = (),
+    user_id: str | None = None,
+    issued_token_type: str | None = None,
+) -> IssuedTokens:
+    """Create ``new`` (with its parties), mint its first pair and audit ``action``, in the open transaction."""
+    grant_id = await create_grant(session, new, request.request_id, request.now)
+    if parties:
+        await repository.insert_parties(session, grant_id, parties)
+    pair = await mint_pair(
+        session,
+        runtime.ring,
+        tenant_id=new.tenant_id,
+        grant_id=grant_id,
+        access_scopes=new.scopes,
+        access_ttl=new.access_token_ttl,
+        refresh_ttl=new.refresh_token_ttl,
+        now=request.now,
+    )
+    await audit.record(
+        session,
+        action=action,
+        actor=request.client.client_id,
+        tenant_id=new.tenant_id,
+        request_id=request.request_id,
+        grant_id=grant_id,
+        user_id=user_id,
+        detail={**detail, "scope": list(new.scopes)},
+    )
+    return IssuedTokens(
+        pair.access_token, pair.refresh_token, new.access_token_ttl, new.scopes, grant_id, issued_token_type
+    )
 
 
 def seal_retry_pair(

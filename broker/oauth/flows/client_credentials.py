@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from broker import errors, scopes
-from broker.audit import service as audit
-from broker.oauth.flows.base import Flow, IssuedTokens, NewGrant, TokenRequest, create_grant, mint_pair, ttl
+from broker.oauth.flows.base import Flow, IssuedTokens, NewGrant, TokenRequest, issue_grant, ttl
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,24 +42,6 @@ class ClientCredentialsFlow(Flow):
             access_token_ttl=ttl(client.access_token_ttl, settings.access_token_ttl),
             refresh_token_ttl=ttl(client.refresh_token_ttl, settings.refresh_token_ttl),
         )
-        grant_id = await create_grant(session, new, request.request_id, request.now)
-        pair = await mint_pair(
-            session,
-            runtime.ring,
-            tenant_id=client.id,
-            grant_id=grant_id,
-            access_scopes=granted,
-            access_ttl=new.access_token_ttl,
-            refresh_ttl=new.refresh_token_ttl,
-            now=request.now,
+        return await issue_grant(
+            session, runtime, request, new, action="token.issued", detail={"grant_type": self.grant_type}
         )
-        await audit.record(
-            session,
-            action="token.issued",
-            actor=client.client_id,
-            tenant_id=client.id,
-            request_id=request.request_id,
-            grant_id=grant_id,
-            detail={"grant_type": self.grant_type, "scope": list(granted)},
-        )
-        return IssuedTokens(pair.access_token, pair.refresh_token, new.access_token_ttl, granted, grant_id)

@@ -32,8 +32,8 @@ from broker.oauth.flows.base import (
     IssuedTokens,
     NewGrant,
     TokenRequest,
-    create_grant,
     grant_is_live,
+    issue_grant,
     mint_pair,
     open_retry_pair,
     seal_retry_pair,
@@ -167,27 +167,8 @@ class RefreshTokenFlow(Flow):
             access_token_ttl=shared.access_token_ttl,
             refresh_token_ttl=shared.refresh_token_ttl,
         )
-        grant_id = await create_grant(session, new, request.request_id, request.now)
-        pair = await mint_pair(
-            session,
-            runtime.ring,
-            tenant_id=shared.tenant_id,
-            grant_id=grant_id,
-            access_scopes=granted,
-            access_ttl=new.access_token_ttl,
-            refresh_ttl=new.refresh_token_ttl,
-            now=request.now,
-        )
-        await audit.record(
-            session,
-            action="token.party_forked",
-            actor=client.client_id,
-            tenant_id=shared.tenant_id,
-            request_id=request.request_id,
-            grant_id=grant_id,
-            detail={"shared_grant_id": str(shared.id), "scope": list(granted)},
-        )
-        return IssuedTokens(pair.access_token, pair.refresh_token, new.access_token_ttl, granted, grant_id)
+        detail = {"shared_grant_id": str(shared.id)}
+        return await issue_grant(session, runtime, request, new, action="token.party_forked", detail=detail)
 
     async def _refuse(self, session: AsyncSession, request: TokenRequest, grant: Grant, reason: str) -> None:
         detail: dict[str, Any] = {"reason": reason}

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from broker import errors, scopes
 from broker.audiences import service as audiences
-from broker.audit import service as audit
 from broker.crypto import tokens
 from broker.oauth import repository
 from broker.oauth.audience import parse_audiences
@@ -33,9 +32,8 @@ from broker.oauth.flows.base import (
     IssuedTokens,
     NewGrant,
     TokenRequest,
-    create_grant,
     grant_is_live,
-    mint_pair,
+    issue_grant,
     ttl,
 )
 from broker.users import service as users
@@ -206,41 +204,21 @@ class TokenExchangeFlow(Flow):
         user_id: str | None,
         parties: tuple[tuple[Any, str], ...],
     ) -> IssuedTokens:
-        grant_id = await create_grant(session, new, request.request_id, request.now)
-        if parties:
-            await repository.insert_parties(session, grant_id, parties)
-        pair = await mint_pair(
+        detail = {
+            "subject_token_type": new.subject_token_type,
+            "audience": new.audience,
+            "parties": len(parties),
+            "parent_grant_id": str(new.parent.id) if new.parent is not None else None,
+        }
+        return await issue_grant(
             session,
-            runtime.ring,
-            tenant_id=new.tenant_id,
-            grant_id=grant_id,
-            access_scopes=new.scopes,
-            access_ttl=new.access_token_ttl,
-            refresh_ttl=new.refresh_token_ttl,
-            now=request.now,
-        )
-        await audit.record(
-            session,
+            runtime,
+            request,
+            new,
             action="token.exchanged",
-            actor=request.client.client_id,
-            tenant_id=new.tenant_id,
-            request_id=request.request_id,
-            grant_id=grant_id,
+            detail=detail,
+            parties=parties,
             user_id=user_id,
-            detail={
-                "subject_token_type": new.subject_token_type,
-                "audience": new.audience,
-                "parties": len(parties),
-                "scope": list(new.scopes),
-                "parent_grant_id": str(new.parent.id) if new.parent is not None else None,
-            },
-        )
-        return IssuedTokens(
-            pair.access_token,
-            pair.refresh_token,
-            new.access_token_ttl,
-            new.scopes,
-            grant_id,
             issued_token_type=ACCESS_TOKEN_TYPE,
         )
 
