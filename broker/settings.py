@@ -111,7 +111,6 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         loc = "_".join(str(part) for part in error["loc"]).upper()
-        name = f"BROKER_{loc}" if loc else "configuration"
         message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"{name}: {message}")
+        lines.append(f"BROKER_{loc}: {message}" if loc else message)
     return "\n".join(lines)
