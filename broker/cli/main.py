@@ -2,10 +2,64 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import TYPE_CHECKING, TypeVar
+
 import click
 
+from broker import errors
+from broker.admin_keys import service as admin_keys
 from broker.cli import bootstrap
+from broker.cli import demo as demo_world
+from broker.crypto.keyring import KeyRing, KeyRingError
 from broker.db import migrate as migrations
+from broker.db.engine import create_engine, create_sessionmaker
+from broker.tenants import service as tenants
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from broker.settings import Settings
+
+T = TypeVar("T")
+CLI_ACTOR = "cli"
+
+
+def run_with_session(work: Callable[[AsyncSession, KeyRing, Settings], Awaitable[T]]) -> T:
+    """Start (embedded database and key ring in development), migrate, and run ``work`` with a session.
+
+    Broker errors (bad input, conflicts) become a one-line message and exit status 1.
+    """
+    started = bootstrap.start()  # holds the embedded server (if any) while this function runs
+    settings = started.settings
+    assert settings.database_url is not None  # noqa: S101 - bootstrap guarantees it
+    try:
+        ring = KeyRing.from_settings(settings)
+    except KeyRingError as exc:
+        raise click.ClickException(f"key ring: {exc}") from None
+    migrations.upgrade(settings.database_url)
+
+    async def _run() -> T:
+        engine = create_engine(settings)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                return await work(session, ring, settings)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(_run())
+    except errors.BrokerError as exc:
+        raise click.ClickException(exc.description or type(exc).__name__) from None
+
+
+def _split_scopes(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(part for part in value.replace(",", " ").split(" ") if part)
 
 
 @click.group()
@@ -50,6 +104,101 @@ def serve(host: str | None, port: int | None, workers: int | None, no_migrate: b
         log_access=False,
         log_enabled=True,
     ).serve()
+
+
+@cli.group()
+def admin() -> None:
+    """Admin API keys."""
+
+
+@admin.command("create-key")
+@click.option("--name", required=True, help="Who or what uses the key (audited as admin:<name>).")
+@click.option("--scope", type=click.Choice(admin_keys.SCOPES), default="write", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def create_key(name: str, scope: str, as_json: bool) -> None:
+    """Issue an admin API key (printed once) for /admin/v1."""
+
+    async def work(session: AsyncSession, ring: KeyRing, _: Settings) -> tuple[str, str]:
+        async with session.begin():
+            key, value = await admin_keys.create_key(
+                session, ring, name=name, scope=scope, actor=CLI_ACTOR, request_id=None
+            )
+        return str(key.id), value
+
+    key_id, value = run_with_session(work)
+    if as_json:
+        click.echo(json.dumps({"id": key_id, "name": name, "scope": scope, "key": value}))
+    else:
+        click.echo(f"admin key {name!r} ({scope}), shown once:\n{value}")
+
+
+@cli.group("tenants")
+def tenants_group() -> None:
+    """Tenants (API clients)."""
+
+
+@tenants_group.command("create")
+@click.option("--name", required=True, help="Display name.")
+@click.option("--kind", type=click.Choice(["customer", "partner"]), default="customer", show_default=True)
+@click.option("--scopes", default=None, help="Allowed scopes, space- or comma-separated (default: built-ins).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tenants_create(name: str, kind: str, scopes: str | None, as_json: bool) -> None:
+    """Create a tenant; prints its client_id and secret (the secret is shown once)."""
+    spec = tenants.TenantSpec(name=name, kind=kind, allowed_scopes=_split_scopes(scopes))
+
+    async def work(session: AsyncSession, ring: KeyRing, _: Settings) -> dict[str, object]:
+        async with session.begin():
+            tenant, secret = await tenants.create_tenant(session, ring, spec, actor=CLI_ACTOR, request_id=None)
+        return {
+            "client_id": tenant.client_id,
+            "secret": secret,
+            "name": tenant.name,
+            "kind": tenant.kind,
+            "allowed_scopes": list(tenant.allowed_scopes),
+            "default_scopes": list(tenant.default_scopes),
+        }
+
+    created = run_with_session(work)
+    if as_json:
+        click.echo(json.dumps(created))
+    else:
+        click.echo(f"client_id: {created['client_id']}\nsecret:    {created['secret']}  (shown once)")
+
+
+@tenants_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tenants_list(as_json: bool) -> None:
+    """List every tenant (never secrets)."""
+
+    async def work(session: AsyncSession, _ring: KeyRing, _: Settings) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        after: str | None = None
+        while True:
+            async with session.begin():
+                page, after = await tenants.list_tenants(session, limit=tenants.MAX_PAGE_SIZE, after=after)
+            rows += [{"client_id": t.client_id, "name": t.name, "kind": t.kind, "status": t.status} for t in page]
+            if after is None:
+                return rows
+
+    rows = run_with_session(work)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'CLIENT_ID':<26}{'KIND':<10}{'STATUS':<10}NAME")
+    for row in rows:
+        click.echo(f"{row['client_id']!s:<26}{row['kind']!s:<10}{row['status']!s:<10}{row['name']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def demo(as_json: bool) -> None:
+    """Seed a lender, a second client and the three CRA partners; print credentials and curl calls."""
+
+    async def work(session: AsyncSession, ring: KeyRing, settings: Settings) -> demo_world.Demo:
+        return await demo_world.seed(session, ring, settings.issuer.rstrip("/"))
+
+    seeded = run_with_session(work)
+    click.echo(demo_world.as_json(seeded) if as_json else demo_world.as_text(seeded))
 
 
 def main() -> None:
