@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
+from broker import errors
 from broker.admin_keys import service as admin_keys
 from broker.db.models import AdminKey
 from tests.admin_helpers import assert_error, audit_events, bearer, issue_key
@@ -194,3 +196,19 @@ async def test_revoke_is_idempotent_and_unknown_ids_are_404(client, runtime, wri
     for key_id in (uuid.uuid4(), "not-a-uuid", "%00"):
         response = await client.post(f"/admin/v1/admin-keys/{key_id}/revoke", headers=bearer(write_key[1]))
         assert_error(response, 404, "not_found")
+
+
+async def test_concurrent_creates_with_one_name_yield_one_key(runtime):
+    name = f"race-{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        async with runtime.sessions() as session, session.begin():
+            await admin_keys.create_key(session, runtime.ring, name=name, scope="read", actor="t", request_id=None)
+
+    async with runtime.sessions() as first, first.begin():
+        await admin_keys.create_key(first, runtime.ring, name=name, scope="read", actor="t", request_id=None)
+        second = asyncio.create_task(create())
+        await asyncio.sleep(0.3)
+        assert not second.done()  # waits for the first transaction (the per-name lock)
+    with pytest.raises(errors.Conflict):
+        await second

@@ -26,6 +26,11 @@ async def by_id(session: AsyncSession, key_id: uuid.UUID) -> AdminKey | None:
     return await session.get(AdminKey, key_id)
 
 
+async def lock_name(session: AsyncSession, name: str) -> None:
+    """Serialise key creation per name until the transaction ends (names have no unique constraint)."""
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended("admin_key:" + name, 0))))
+
+
 async def live_name_exists(session: AsyncSession, name: str) -> bool:
     """Whether an unrevoked key already carries ``name``."""
     result = await session.execute(

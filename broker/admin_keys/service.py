@@ -77,6 +77,7 @@ async def create_key(
     cleaned = validate_name(name)
     if scope not in SCOPES:
         raise errors.ValidationFailed(f"scope must be one of {', '.join(SCOPES)}")
+    await repository.lock_name(session, cleaned)
     if await repository.live_name_exists(session, cleaned):
         raise errors.Conflict(f"an active admin key named {cleaned!r} already exists")
     value = tokens.new_admin_key()
