@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
 from broker.app import create_app
 
@@ -39,3 +40,15 @@ async def test_readiness_goes_red(down_client):
     assert response.status_code == 503
     assert response.json()["checks"]["database"].startswith("unavailable")
     assert (await down_client.get("/healthz")).status_code == 200
+
+
+async def test_a_statement_timeout_is_a_503_not_a_500(settings, make_tenant, sessions):
+    """A request stuck behind a lock past the statement timeout answers 503 with Retry-After."""
+    lender = await make_tenant()
+    impatient = settings.model_copy(update={"db_statement_timeout_ms": 300})
+    async with AsyncTestClient(app=create_app(impatient)) as client, sessions() as session, session.begin():
+        await session.execute(text("LOCK TABLE grants IN ACCESS EXCLUSIVE MODE"))
+        response = await client.post("/oauth/token", json={"grant_type": "client_credentials"}, headers=lender.headers)
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"]
+    assert response.json()["error"] == "temporarily_unavailable"

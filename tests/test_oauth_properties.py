@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from broker import errors, scopes
 from broker.oauth.audience import MAX_AUDIENCES, parse_audiences
 
-entry = st.text(alphabet=st.characters(blacklist_characters=",", blacklist_categories=("Cs",)), min_size=0, max_size=12)
+entry = st.text(alphabet=st.characters(exclude_characters=",", exclude_categories=["Cs"]), min_size=0, max_size=12)
 values = st.lists(st.lists(entry, max_size=8).map(",".join), min_size=1, max_size=6)
 
 

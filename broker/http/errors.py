@@ -48,11 +48,17 @@ def _family(path: str) -> str:
     return "admin"
 
 
+# SQLSTATEs that mean "try again": query_canceled (statement_timeout), lock_not_available
+# (lock_timeout), serialization_failure, deadlock_detected, and the connection/operator classes.
+_TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "57P01", "57P02", "57P03"})
+
+
 def _is_db_unavailable(exc: Exception) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError, ConnectionError, asyncio.TimeoutError)):
         return True
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        return exc.connection_invalidated or sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
     return isinstance(exc, OSError)
 
 
