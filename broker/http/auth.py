@@ -11,10 +11,18 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from broker import errors
+from broker.tenants import service as tenants
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from broker.context import Runtime
+    from broker.db.models import Tenant
 
 
 @dataclass(frozen=True, repr=False)
@@ -101,3 +109,12 @@ def bearer_token(headers: Any) -> str | None:  # noqa: ANN401
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
+
+
+async def authenticate_client(
+    request: Request[Any, Any, Any], runtime: Runtime, session: AsyncSession, body: dict[str, Any]
+) -> Tenant:
+    """Authenticate the calling client from ``request`` and its parsed ``body``; note it for the access log."""
+    client = await tenants.authenticate(session, runtime.ring, extract_credentials(request.headers, body))
+    request.scope.setdefault("state", {})["client_id"] = client.client_id
+    return client

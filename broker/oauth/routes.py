@@ -7,32 +7,21 @@ from typing import Any
 from litestar import MediaType, Request, Response, Router, get, post
 
 from broker import scopes
-from broker.db.models import Tenant
-from broker.http.auth import extract_credentials
+from broker.http.auth import authenticate_client
 from broker.http.deps import RuntimeDep, SessionDep
 from broker.http.errors import NO_STORE, request_id_of
 from broker.http.params import oauth_params, required
 from broker.oauth import introspection, revocation, service
 from broker.oauth.flows.token_exchange import SUBJECT_TOKEN_TYPES
 from broker.oauth.schemas import IntrospectionResponse, RevokeResponse, ServerMetadata, TokenResponse
-from broker.tenants import service as tenants
 
 AUTH_METHODS = ["client_secret_post", "client_secret_basic", "plaid_headers"]
-
-
-async def _authenticate(
-    request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep, params: dict[str, list[str]]
-) -> Tenant:
-    credentials = extract_credentials(request.headers, params)
-    client = await tenants.authenticate(session, runtime.ring, credentials)
-    request.scope["state"]["client_id"] = client.client_id
-    return client
 
 
 @post("/oauth/token", status_code=200, media_type=MediaType.JSON)
 async def token(request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep) -> Response[TokenResponse]:
     params = await oauth_params(request, multi=frozenset({"audience"}))
-    client = await _authenticate(request, runtime, session, params)
+    client = await authenticate_client(request, runtime, session, params)
     request_id = request_id_of(request)
     issued = await service.issue_token(session, runtime, client, params, request_id)
     body = TokenResponse(
@@ -52,7 +41,7 @@ async def introspect(
     request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep
 ) -> Response[IntrospectionResponse]:
     params = await oauth_params(request)
-    client = await _authenticate(request, runtime, session, params)
+    client = await authenticate_client(request, runtime, session, params)
     request_id = request_id_of(request)
     result = await introspection.introspect(session, runtime, client, required(params, "token"), request_id)
     if result is None:
@@ -76,7 +65,7 @@ async def introspect(
 @post("/oauth/revoke", status_code=200, media_type=MediaType.JSON)
 async def revoke(request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep) -> Response[RevokeResponse]:
     params = await oauth_params(request)
-    client = await _authenticate(request, runtime, session, params)
+    client = await authenticate_client(request, runtime, session, params)
     request_id = request_id_of(request)
     await revocation.revoke(session, runtime, client, required(params, "token"), request_id)
     return Response(RevokeResponse(request_id=request_id), headers=NO_STORE)

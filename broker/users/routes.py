@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from litestar import Request, Router, post
 
-from broker.http.auth import extract_credentials
+from broker.http.auth import authenticate_client
 from broker.http.deps import RuntimeDep, SessionDep
 from broker.http.errors import request_id_of
 from broker.http.params import plaid_json
-from broker.tenants.service import authenticate
 from broker.users import schemas, service
-
-if TYPE_CHECKING:
-    from broker.db.models import Tenant
-
-
-async def _caller(
-    request: Request[Any, Any, Any], body: dict[str, Any], runtime: RuntimeDep, session: SessionDep
-) -> Tenant:
-    tenant = await authenticate(session, runtime.ring, extract_credentials(request.headers, body))
-    request.scope.setdefault("state", {})["client_id"] = tenant.client_id
-    return tenant
 
 
 @post("/user/create", status_code=200)
@@ -31,7 +19,7 @@ async def user_create(
 ) -> schemas.UserCreateResponse:
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserCreateRequest)
-    tenant = await _caller(request, body, runtime, session)
+    tenant = await authenticate_client(request, runtime, session, body)
     request_id = request_id_of(request)
     created = await service.create_user(
         session,
@@ -53,7 +41,7 @@ async def user_get(
 ) -> schemas.UserGetResponse:
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserGetRequest)
-    tenant = await _caller(request, body, runtime, session)
+    tenant = await authenticate_client(request, runtime, session, body)
     user = await service.get_user(
         session, runtime.ring, tenant_id=tenant.id, user_id=req.user_id, user_token=req.user_token
     )
@@ -74,7 +62,7 @@ async def user_update(
 ) -> schemas.UserUpdateResponse:
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserUpdateRequest)
-    tenant = await _caller(request, body, runtime, session)
+    tenant = await authenticate_client(request, runtime, session, body)
     request_id = request_id_of(request)
     await service.update_user(
         session,
@@ -96,7 +84,7 @@ async def user_remove(
 ) -> schemas.UserRemoveResponse:
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserRemoveRequest)
-    tenant = await _caller(request, body, runtime, session)
+    tenant = await authenticate_client(request, runtime, session, body)
     request_id = request_id_of(request)
     await service.remove_user(
         session,
