@@ -135,8 +135,6 @@ async def test_admin_create_key_prints_a_working_key(client):
 
 async def test_demo_json_seeds_a_usable_world_and_is_rerunnable(runtime):
     first = broker_json("demo")
-    second = broker_json("demo")
-    assert first["lender"]["client_id"] != second["lender"]["client_id"]
     assert first["base_url"] == "http://127.0.0.1:8000"
     lender, other = first["lender"], first["second_client"]
     assert [p["urn"] for p in first["partners"]] == CRA_URNS
@@ -163,6 +161,15 @@ async def test_demo_json_seeds_a_usable_world_and_is_rerunnable(runtime):
     assert "http://127.0.0.1:8000/user/create" in first["curl"]["create_user"]
     assert "subject_token_type=urn:plaid:params:credit:multi-user" in first["curl"]["exchange"]
     assert "audience=" + ",".join([*CRA_URNS, other["client_id"]]) in first["curl"]["exchange"]
+
+    # a second run makes a new world and unmaps the first run's partners from the CRA audiences
+    second = broker_json("demo")
+    assert second["lender"]["client_id"] != first["lender"]["client_id"]
+    async with runtime.sessions() as session:
+        for old, new in zip(first["partners"], second["partners"], strict=True):
+            members = (await audiences.get_audience(session, new["urn"])).members
+            assert new["client_id"] in members
+            assert old["client_id"] not in members
 
 
 async def _tenant_id(runtime, client_id: str) -> Any:

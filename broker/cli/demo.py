@@ -2,12 +2,15 @@
 
 The world: a lender (customer), a second client (customer), and one partner client for each of the three
 CRA audiences (mapped as its member), with policies letting the lender target the three CRA URNs and the
-second client. Every run creates new tenants (names carry a random suffix), so it can be re-run.
+second client. Every run creates new tenants (names carry a random suffix), so it can be re-run; the
+partners of earlier demo runs are unmapped from the CRA audiences, so each URN stands for this run's
+partner alone (other members an operator mapped are left alone).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shlex
 from dataclasses import asdict, dataclass
@@ -69,6 +72,17 @@ async def _ensure_audience(session: AsyncSession, urn: str, display_name: str) -
         await audiences.create_audience(session, urn, display_name, actor=ACTOR, request_id=None)
 
 
+DEMO_PARTNER = re.compile(r"\(demo [0-9a-f]+\)$")
+
+
+async def _unmap_earlier_demo_partners(session: AsyncSession, urn: str) -> None:
+    view = await audiences.get_audience(session, urn)
+    for client_id in view.members:
+        tenant = await tenants.get_tenant(session, client_id)
+        if DEMO_PARTNER.search(tenant.name):
+            await audiences.remove_member(session, urn, client_id, actor=ACTOR, request_id=None)
+
+
 async def seed(session: AsyncSession, ring: KeyRing, base_url: str, suffix: str | None = None) -> Demo:
     """Create the demo tenants, memberships and policies in one transaction on ``session``."""
     suffix = suffix or secrets.token_hex(3)
@@ -78,6 +92,7 @@ async def seed(session: AsyncSession, ring: KeyRing, base_url: str, suffix: str 
         partners = []
         for urn, display_name in CRA_PARTNERS:
             await _ensure_audience(session, urn, display_name)
+            await _unmap_earlier_demo_partners(session, urn)
             partner = await _client(session, ring, f"{display_name} (demo {suffix})", "partner", urn)
             await audiences.add_member(session, urn, partner.client_id, actor=ACTOR, request_id=None)
             partners.append(partner)
