@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -31,6 +32,12 @@ from broker.tenants import service as tenants
 from tests import dbsetup
 
 _STATE: dict[str, Any] = {}
+
+# Property tests are derandomized (same examples every run) so CI stays deterministic; set
+# HYPOTHESIS_PROFILE=explore locally to search with fresh random examples.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, max_examples=200)
+hypothesis.settings.register_profile("explore", max_examples=2000)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
