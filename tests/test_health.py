@@ -20,3 +20,11 @@ async def test_unknown_route_is_a_json_404_with_request_id(client):
     body = response.json()
     assert body["error"]["code"] == "not_found"
     assert body["request_id"] == response.headers["x-request-id"]
+    assert len(body["request_id"]) == 16
+
+
+async def test_method_not_allowed_carries_a_real_request_id(client):
+    response = await client.get("/oauth/token")
+    assert response.status_code == 405
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert len(response.headers["x-request-id"]) == 16

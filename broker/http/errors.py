@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from broker import errors
+from broker.http.logging import new_request_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -35,9 +36,15 @@ _PLAID_FOR_OAUTH: Mapping[type[errors.OAuthError], type[errors.PlaidError]] = {
 
 
 def request_id_of(request: Request[Any, Any, Any]) -> str:
-    """The request id the middleware assigned (every response carries one)."""
-    value = request.scope.get("state", {}).get("request_id")
-    return str(value) if value else "unknown"
+    """The request id the middleware assigned (every response carries one).
+
+    Routing failures (404, 405) are raised before any middleware runs; they get their id here.
+    """
+    state = request.scope.setdefault("state", {})
+    value = state.get("request_id")
+    if not value:
+        value = state["request_id"] = new_request_id()
+    return str(value)
 
 
 def _family(path: str) -> str:
