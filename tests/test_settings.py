@@ -55,3 +55,31 @@ def test_asyncpg_url_normalisation():
     assert to_asyncpg_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
     assert to_asyncpg_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
     assert to_asyncpg_url("postgresql+asyncpg://u@h/db") == "postgresql+asyncpg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"BROKER_KEYS": "k1:abc", "BROKER_HASH_KEY": "abc"}, "key ring: key 'k1' must be 32 bytes"),
+        (
+            {"BROKER_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"},
+            "cannot migrate the database (ConnectionRefusedError",
+        ),
+        ({"BROKER_MIGRATIONS_DIR": "/nonexistent"}, "no migrations at /nonexistent"),
+    ],
+)
+def test_cli_start_up_failures_are_one_line(overrides, expected):
+    key = "A" * 43 + "="
+    defaults = {
+        "BROKER_ENV": "production",
+        "BROKER_DATABASE_URL": os.environ["BROKER_DATABASE_URL"],
+        "BROKER_KEYS": f"k1:{key}",
+        "BROKER_HASH_KEY": key,
+    }
+    env = _clean_env(**{**defaults, **overrides})
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "migrate"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr

@@ -14,9 +14,11 @@ from typing import Any
 
 import click
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
-from broker.crypto.keyring import ensure_dev_key_file
+from broker.crypto.keyring import KeyRing, KeyRingError, ensure_dev_key_file
 from broker.db import embedded
+from broker.db import migrate as migrations
 from broker.settings import Settings, describe_validation_error
 
 
@@ -61,3 +63,23 @@ def start(*, quiet: bool = False) -> Started:
             click.secho(f"  - {note}", fg="yellow", err=True)
         click.secho(banner, fg="yellow", err=True)
     return Started(settings=settings, embedded_server=server)
+
+
+def load_ring(settings: Settings) -> KeyRing:
+    """The configured key ring, or a one-line error (exit 1) naming what is wrong."""
+    try:
+        return KeyRing.from_settings(settings)
+    except KeyRingError as exc:
+        raise click.ClickException(f"key ring: {exc}") from None
+
+
+def migrate_database(settings: Settings) -> None:
+    """Apply migrations, or a one-line error (exit 1) when the database or the scripts cannot be reached."""
+    assert settings.database_url is not None  # noqa: S101 - start() guarantees it
+    try:
+        migrations.upgrade(settings.database_url)
+    except migrations.MigrationsNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OSError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        raise click.ClickException(f"cannot migrate the database ({type(exc).__name__}: {reason})") from None

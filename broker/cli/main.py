@@ -12,7 +12,6 @@ from broker import errors
 from broker.admin_keys import service as admin_keys
 from broker.cli import bootstrap
 from broker.cli import demo as demo_world
-from broker.crypto.keyring import KeyRing, KeyRingError
 from broker.db import migrate as migrations
 from broker.db.engine import create_engine, create_sessionmaker
 from broker.tenants import service as tenants
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from broker.crypto.keyring import KeyRing
     from broker.settings import Settings
 
 T = TypeVar("T")
@@ -35,12 +35,8 @@ def run_with_session(work: Callable[[AsyncSession, KeyRing, Settings], Awaitable
     """
     started = bootstrap.start()  # holds the embedded server (if any) while this function runs
     settings = started.settings
-    assert settings.database_url is not None  # noqa: S101 - bootstrap guarantees it
-    try:
-        ring = KeyRing.from_settings(settings)
-    except KeyRingError as exc:
-        raise click.ClickException(f"key ring: {exc}") from None
-    migrations.upgrade(settings.database_url)
+    ring = bootstrap.load_ring(settings)
+    bootstrap.migrate_database(settings)
 
     async def _run() -> T:
         engine = create_engine(settings)
@@ -72,8 +68,8 @@ def cli() -> None:
 def migrate() -> None:
     """Apply database migrations (safe to run from several replicas at once)."""
     started = bootstrap.start()
-    assert started.settings.database_url is not None  # noqa: S101 - bootstrap guarantees it
-    migrations.upgrade(started.settings.database_url)
+    bootstrap.load_ring(started.settings)
+    bootstrap.migrate_database(started.settings)
     click.echo(f"database at revision {migrations.head_revision()}")
 
 
@@ -89,9 +85,9 @@ def serve(host: str | None, port: int | None, workers: int | None, no_migrate: b
 
     started = bootstrap.start()
     settings = started.settings
-    assert settings.database_url is not None  # noqa: S101 - bootstrap guarantees it
+    bootstrap.load_ring(settings)  # fail here with one line, not in every worker with a traceback
     if not no_migrate:
-        migrations.upgrade(settings.database_url)
+        bootstrap.migrate_database(settings)
     bind_host, bind_port = host or settings.host, port or settings.port
     click.echo(f"broker serving on http://{bind_host}:{bind_port} (OpenAPI UI at /schema)", err=True)
     Granian(

@@ -24,8 +24,15 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "migrations"
 
 
+class MigrationsNotFound(Exception):
+    """The migration scripts are not where broker looks for them."""
+
+
 def alembic_config(database_url: str) -> Config:
     """An Alembic config pointing at ``database_url`` and the project's migrations."""
+    if not (migrations_dir() / "env.py").is_file():
+        msg = f"no migrations at {migrations_dir()}; set BROKER_MIGRATIONS_DIR to the project's migrations/ folder"
+        raise MigrationsNotFound(msg)
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
