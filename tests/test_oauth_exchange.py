@@ -292,3 +292,14 @@ async def test_removed_user_cannot_be_exchanged(client, world):
     assert response.status_code == 200, response.text
     exchange = await _exchange(client, world.lender, world.user["user_id"], MULTI, world.urn_a)
     assert exchange.json()["error"] == "invalid_request"
+
+
+async def test_tokens_for_other_parties_carry_exchange_only_when_asked(client, world):
+    default = await _exchange(client, world.lender, world.user["user_id"], MULTI, world.urn_a)
+    assert default.json()["scope"] == "user:read user:write"
+    asked = await _exchange(client, world.lender, world.user["user_id"], MULTI, world.urn_a, scope="exchange user:read")
+    assert asked.json()["scope"] == "exchange user:read"
+    subject = await _user_refresh_token(client, world)
+    assert "exchange" in subject["scope"]
+    onward = await _exchange(client, world.lender, subject["refresh_token"], OAUTH_USER, world.other.client_id)
+    assert onward.json()["scope"] == "user:read user:write"

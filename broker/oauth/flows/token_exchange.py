@@ -12,7 +12,8 @@
 
 Errors (RFC 8693 §2.2.2): a bad subject token is ``invalid_request``; a refused audience is
 ``invalid_target``. Scope only narrows; lifetimes come from the audience policy, then the tenant,
-then the global default.
+then the global default. Tokens for other parties (``oauth:user-token``, ``credit:multi-user``) never
+carry ``exchange`` by default: the requester must ask for it, so partners cannot re-share by accident.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class TokenExchangeFlow(Flow):
         if len(target.partner_tenant_ids) != 1 or target.partner_tenant_ids[0] == client.id:
             raise errors.InvalidTarget("the audience must be one other client")
         allowed = _intersect(subject_grant.scopes, target.allowed_scopes)
-        granted = scopes.narrow(scopes.parse(request.get("scope")), allowed, allowed)
+        granted = scopes.narrow(scopes.parse(request.get("scope")), allowed, _without_exchange(allowed))
         settings = runtime.settings
         new = NewGrant(
             kind="exchange",
@@ -168,7 +169,7 @@ class TokenExchangeFlow(Flow):
         allowed: tuple[str, ...] = tuple(client.allowed_scopes)
         for target in targets:
             allowed = _intersect(allowed, target.allowed_scopes)
-        default = tuple(s for s in client.default_scopes if s in allowed)
+        default = _without_exchange(tuple(s for s in client.default_scopes if s in allowed))
         granted = scopes.narrow(scopes.parse(request.get("scope")), allowed, default)
         parties: dict[Any, str] = {}
         for target in targets:
@@ -221,6 +222,15 @@ class TokenExchangeFlow(Flow):
             user_id=user_id,
             issued_token_type=ACCESS_TOKEN_TYPE,
         )
+
+
+def _without_exchange(scopes_: tuple[str, ...]) -> tuple[str, ...]:
+    """Default scope of a token handed to another party: never ``exchange`` unless asked for.
+
+    A party holding ``exchange`` could pass the consumer's data on again with an
+    ``oauth:user-token`` exchange; least privilege says the sharer must request that explicitly.
+    """
+    return tuple(s for s in scopes_ if s != scopes.EXCHANGE)
 
 
 def _intersect(scopes_: Any, allowed: tuple[str, ...] | None) -> tuple[str, ...]:  # noqa: ANN401
