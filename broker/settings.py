@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool | None = None
 
+    # Partner webhooks (broker.webhooks): the delivery worker and outbound safety.
+    webhook_worker: bool = True
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_backoff_base_seconds: float = Field(default=10.0, gt=0, le=86_400)
+    webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    webhook_allow_private: bool | None = None
+    webhook_allow_http: bool | None = None
+
     @field_validator("resources", mode="before")
     @classmethod
     def _split_resources(cls, value: object) -> object:
@@ -63,6 +75,13 @@ class Settings(BaseSettings):
             msg = "must be a postgresql:// URL"
             raise ValueError(msg)
         return value
+
+    @model_validator(mode="after")
+    def _webhook_lease_outlives_timeout(self) -> Settings:
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            msg = "BROKER_WEBHOOK_LEASE_SECONDS must exceed BROKER_WEBHOOK_TIMEOUT_SECONDS"
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> Settings:
@@ -91,6 +110,16 @@ class Settings(BaseSettings):
     def json_logs(self) -> bool:
         """Whether logs are JSON lines (the default outside development)."""
         return self.log_json if self.log_json is not None else self.env != "development"
+
+    @property
+    def webhooks_may_target_private(self) -> bool:
+        """Whether webhook URLs may point at loopback, link-local or private addresses (not in production)."""
+        return self.webhook_allow_private if self.webhook_allow_private is not None else self.env != "production"
+
+    @property
+    def webhooks_may_use_http(self) -> bool:
+        """Whether webhook URLs may be plain ``http://`` (not in production, unless allowed)."""
+        return self.webhook_allow_http if self.webhook_allow_http is not None else self.env != "production"
 
     @property
     def allowed_resources(self) -> frozenset[str]:

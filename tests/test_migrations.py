@@ -36,6 +36,9 @@ EXPECTED_TABLES = {
     "access_tokens",
     "audit_events",
     "admin_keys",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
 }
 
 

@@ -7,6 +7,7 @@ from broker.db.models.grant import Grant, GrantParty
 from broker.db.models.tenant import ClientSecret, Tenant
 from broker.db.models.token import AccessToken, RefreshToken
 from broker.db.models.user import User
+from broker.db.models.webhook import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "AccessToken",
@@ -21,4 +22,7 @@ __all__ = [
     "RefreshToken",
     "Tenant",
     "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

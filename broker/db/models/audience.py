@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -52,5 +52,7 @@ class AudiencePolicy(Base):
     allowed_scopes: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     access_token_ttl: Mapped[int | None]
     refresh_token_ttl: Mapped[int | None]
+    webhook_include_refresh_token: Mapped[bool] = mapped_column(server_default=text("false"))
+    """Whether ``grant.shared`` webhooks to this target's parties carry the shared refresh token (sealed)."""
     created_at: Mapped[datetime] = server_now()
     updated_at: Mapped[datetime] = server_now()
