@@ -84,6 +84,8 @@ def configure(settings: Settings) -> None:
     logging.basicConfig(
         level=max(level, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
+    # Readiness checks read the migration state on every probe; alembic would log each one at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def new_request_id() -> str:
