@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool | None = None
 
+    # Keys and audit (broker.keys, broker.audit): how long a replica trusts a cached tenant data key
+    # (a key shredded elsewhere stops being used here within this time), and how often each serving
+    # process seals new audit rows into their tenant's hash chain (0 disables; `broker audit seal`).
+    data_key_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
+    audit_seal_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
+
     # Partner webhooks (broker.webhooks): the delivery worker and outbound safety.
     webhook_worker: bool = True
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)

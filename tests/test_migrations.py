@@ -36,6 +36,8 @@ EXPECTED_TABLES = {
     "access_tokens",
     "audit_events",
     "admin_keys",
+    "tenant_keys",
+    "audit_chains",
     "webhook_endpoints",
     "webhook_deliveries",
     "webhook_attempts",

@@ -16,6 +16,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from broker.crypto.datakeys import DataKeyCache
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -41,11 +43,16 @@ def _decode_key(kid: str, text: str) -> bytes:
 
 @dataclass(frozen=True, repr=False)
 class KeyRing:
-    """Encryption keys by id plus the HMAC key used for lookups. ``repr`` never shows key material."""
+    """Encryption keys by id plus the HMAC key used for lookups. ``repr`` never shows key material.
+
+    ``data_keys`` caches the tenant data keys this ring unwrapped (see :mod:`broker.crypto.datakeys`);
+    each process builds its own ring, so each replica has its own cache.
+    """
 
     active_kid: str
     keys: dict[str, bytes] = field(default_factory=dict)
     hash_key: bytes = b""
+    data_keys: DataKeyCache = field(default_factory=DataKeyCache, compare=False)
 
     def __post_init__(self) -> None:
         if self.active_kid not in self.keys:
@@ -105,10 +112,13 @@ class KeyRing:
             hash_key = settings.hash_key
             if hash_key is None:
                 raise KeyRingError("BROKER_HASH_KEY is required with BROKER_KEYS")
-            return cls.parse(settings.keys.get_secret_value(), hash_key.get_secret_value())
-        if settings.key_file is not None:
-            return cls.load_file(settings.key_file)
-        raise KeyRingError("no key ring configured: set BROKER_KEYS and BROKER_HASH_KEY, or BROKER_KEY_FILE")
+            ring = cls.parse(settings.keys.get_secret_value(), hash_key.get_secret_value())
+        elif settings.key_file is not None:
+            ring = cls.load_file(settings.key_file)
+        else:
+            raise KeyRingError("no key ring configured: set BROKER_KEYS and BROKER_HASH_KEY, or BROKER_KEY_FILE")
+        ring.data_keys.ttl = settings.data_key_cache_seconds
+        return ring
 
 
 def generate_key() -> str:

@@ -2,8 +2,9 @@
 
 from broker.db.models.admin_key import AdminKey
 from broker.db.models.audience import Audience, AudienceMember, AudiencePolicy
-from broker.db.models.audit import AuditEvent
+from broker.db.models.audit import AuditChain, AuditEvent
 from broker.db.models.grant import Grant, GrantParty
+from broker.db.models.keys import TenantKey
 from broker.db.models.tenant import ClientSecret, Tenant
 from broker.db.models.token import AccessToken, RefreshToken
 from broker.db.models.user import User
@@ -15,12 +16,14 @@ __all__ = [
     "Audience",
     "AudienceMember",
     "AudiencePolicy",
+    "AuditChain",
     "AuditEvent",
     "ClientSecret",
     "Grant",
     "GrantParty",
     "RefreshToken",
     "Tenant",
+    "TenantKey",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

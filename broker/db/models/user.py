@@ -10,6 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from broker.db.base import Base, server_now, uuid_pk
 
+V1_ROWS = "user_token_enc LIKE 'v1.%' OR identity_enc LIKE 'v1.%'"
+
 
 class User(Base):
     """A tenant's user. ``user_token`` is found by digest and kept sealed; removal leaves a tombstone."""
@@ -23,6 +25,8 @@ class User(Base):
             unique=True,
             postgresql_where=text("removed_at IS NULL"),
         ),
+        # Rows still sealed directly under a ring key (see ``RefreshToken``).
+        Index("ix_users_v1", "id", postgresql_where=text(V1_ROWS)),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
