@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select, text
 
 from broker.crypto import envelope, tokens
-from broker.db.models import AuditEvent, Grant, User
+from broker.db.models import AuditEvent, Grant, TenantKey, User
+from broker.keys import sealing
 from broker.users import service
 from tests.users_helpers import add_grant, assert_ok, call, create_user, grant_state, user_row
 
@@ -51,25 +52,36 @@ async def test_user_token_and_identity_are_sealed_at_rest(client, lender, sessio
     for secret in (created["user_token"], "Grace", "Hopper", "grace.hopper", "1906-12-09", "4321"):
         assert secret not in dump
     assert created["user_token"].split("-", 2)[2] not in dump  # not even the uuid part
-    assert str(row["user_token_enc"]).startswith("v1.test-2.")
-    assert str(row["identity_enc"]).startswith("v1.test-2.")
+    async with sessions() as session:
+        dek_id = await session.scalar(select(TenantKey.id).where(TenantKey.tenant_id == lender.tenant_id))
+    # sealed under the lender's data key, which the ring's active key wraps
+    assert str(row["user_token_enc"]).startswith(f"v2.{dek_id}.")
+    assert str(row["identity_enc"]).startswith(f"v2.{dek_id}.")
     assert row["user_token_digest"] == tokens.digest(runtime.ring.hash_key, created["user_token"])
 
     aad = envelope.aad_for("users", "user_token", lender.tenant_id, row["id"])
-    assert envelope.open_(runtime.ring, str(row["user_token_enc"]), aad).decode() == created["user_token"]
-    profile = envelope.open_(
-        runtime.ring, str(row["identity_enc"]), envelope.aad_for("users", "identity", lender.tenant_id, row["id"])
-    )
+    async with sessions() as session:
+        assert (await sealing.open_(session, runtime.ring, str(row["user_token_enc"]), aad)).decode() == created[
+            "user_token"
+        ]
+        profile = await sealing.open_(
+            session,
+            runtime.ring,
+            str(row["identity_enc"]),
+            envelope.aad_for("users", "identity", lender.tenant_id, row["id"]),
+        )
     assert json.loads(profile) == {"identity": IDENTITY, "consumer_report_user_identity": REPORT}
 
 
 async def test_a_sealed_token_copied_to_another_row_does_not_open(client, lender, sessions, runtime):
     a = await raw_row(sessions, (await create_user(client, lender))["user_id"])
     b = await raw_row(sessions, (await create_user(client, lender))["user_id"])
-    with pytest.raises(envelope.EnvelopeError):
-        envelope.open_(
-            runtime.ring, str(a["user_token_enc"]), envelope.aad_for("users", "user_token", lender.tenant_id, b["id"])
-        )
+    async with sessions() as session:
+        aad = envelope.aad_for("users", "user_token", lender.tenant_id, a["id"])
+        assert await sealing.open_(session, runtime.ring, str(a["user_token_enc"]), aad)
+        moved = envelope.aad_for("users", "user_token", lender.tenant_id, b["id"])
+        with pytest.raises(envelope.EnvelopeError):
+            await sealing.open_(session, runtime.ring, str(a["user_token_enc"]), moved)
 
 
 async def test_audit_events_carry_no_token_or_identity(client, lender, sessions):

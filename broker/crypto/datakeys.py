@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from broker.crypto import envelope
@@ -69,17 +69,21 @@ def unwrap(ring: KeyRing, tenant_id: uuid.UUID, dek_id: uuid.UUID, wrapped: str)
     return DataKey(id=dek_id, tenant_id=tenant_id, key=key)
 
 
-@dataclass
 class DataKeyCache:
     """Unwrapped DEKs by id, and each tenant's current DEK, each entry valid for ``ttl`` seconds.
 
     Thread-safe (the test client and granian may call from several threads); ``ttl`` 0 disables caching.
+    A plain class, not a dataclass: Litestar would try to inspect a dataclass reachable from the runtime.
     """
 
-    ttl: float = DEFAULT_TTL_SECONDS
-    _by_id: dict[uuid.UUID, tuple[DataKey, float]] = field(default_factory=dict, repr=False)
-    _current: dict[uuid.UUID, tuple[uuid.UUID, float]] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    def __init__(self, ttl: float = DEFAULT_TTL_SECONDS) -> None:
+        self.ttl = ttl
+        self._by_id: dict[uuid.UUID, tuple[DataKey, float]] = {}
+        self._current: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DataKeyCache(ttl={self.ttl}, cached={len(self._by_id)})"
 
     def get(self, dek_id: uuid.UUID) -> DataKey | None:
         """The cached DEK with ``dek_id``, unless expired."""

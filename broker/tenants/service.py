@@ -12,6 +12,7 @@ from broker.audit import service as audit
 from broker.crypto import tokens
 from broker.db.models import ClientSecret, Tenant
 from broker.db.models.tenant import TENANT_KINDS, TENANT_STATUSES
+from broker.keys import sealing
 from broker.tenants import repository
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ async def create_tenant(
 ) -> tuple[Tenant, str]:
     """Create a tenant with a fresh client id and secret; the secret is returned once and never stored.
 
-    The caller owns the transaction.
+    The tenant's data key is created in the same transaction. The caller owns the transaction.
     """
     if spec.name is None:
         raise errors.ValidationFailed("name is required")
@@ -107,6 +108,7 @@ async def create_tenant(
         ClientSecret(id=uuid.uuid4(), tenant_id=tenant.id, secret_hash=tokens.hash_secret(ring.hash_key, secret))
     )
     await session.flush()
+    await sealing.create_data_key(session, ring, tenant.id)
     await session.refresh(tenant)
     await audit.record(
         session,

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from broker import errors
 from broker.audit import service as audit
 from broker.crypto import envelope, tokens
+from broker.crypto.envelope import EnvelopeError
+from broker.keys import sealing
 from broker.users import repository
 
 if TYPE_CHECKING:
@@ -84,15 +86,21 @@ def _merge_profile(current: dict[str, Any], updates: dict[str, dict[str, Any] | 
     return merged
 
 
-def _seal_profile(ring: KeyRing, tenant_id: uuid.UUID, row_id: uuid.UUID, profile: dict[str, Any]) -> str:
+async def _seal_profile(
+    session: AsyncSession, ring: KeyRing, tenant_id: uuid.UUID, row_id: uuid.UUID, profile: dict[str, Any]
+) -> str:
     plaintext = json.dumps(profile, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return envelope.seal(ring, plaintext, _identity_aad(tenant_id, row_id))
+    return await sealing.seal(session, ring, tenant_id, plaintext, _identity_aad(tenant_id, row_id))
 
 
-def _open_profile(ring: KeyRing, user: User) -> dict[str, Any]:
+async def _open_profile(session: AsyncSession, ring: KeyRing, user: User) -> dict[str, Any]:
     if user.identity_enc is None:
         return {}
-    plaintext = envelope.open_(ring, user.identity_enc, _identity_aad(user.tenant_id, user.id))
+    try:
+        plaintext = await sealing.open_(session, ring, user.identity_enc, _identity_aad(user.tenant_id, user.id))
+    except EnvelopeError:
+        # Its tenant's data key was shredded: the user's data is gone, and so is the user.
+        raise errors.UserNotFound("the user was not found", debug="user data unreadable (shredded)") from None
     profile: dict[str, Any] = json.loads(plaintext)
     return profile
 
@@ -130,8 +138,10 @@ async def create_user(
                 "user_id": user_id,
                 "client_user_id": client_user_id,
                 "user_token_digest": tokens.digest(ring.hash_key, user_token),
-                "user_token_enc": envelope.seal(ring, user_token.encode("utf-8"), _token_aad(tenant_id, row_id)),
-                "identity_enc": _seal_profile(ring, tenant_id, row_id, profile) if profile else None,
+                "user_token_enc": await sealing.seal(
+                    session, ring, tenant_id, user_token.encode("utf-8"), _token_aad(tenant_id, row_id)
+                ),
+                "identity_enc": await _seal_profile(session, ring, tenant_id, row_id, profile) if profile else None,
             }
             if await repository.insert_if_absent(session, values) is not None:
                 await audit.record(
@@ -146,7 +156,14 @@ async def create_user(
                 return CreatedUser(user_id=user_id, user_token=user_token, created=True)
             existing = await repository.live_by_client_user_id(session, tenant_id, client_user_id)
             if existing is not None:
-                stored = envelope.open_(ring, existing.user_token_enc, _token_aad(tenant_id, existing.id))
+                try:
+                    stored = await sealing.open_(
+                        session, ring, existing.user_token_enc, _token_aad(tenant_id, existing.id)
+                    )
+                except EnvelopeError:
+                    # Its data key was shredded (on another replica, moments ago): the user is gone.
+                    await repository.mark_removed(session, tenant_id, existing.id)
+                    continue
                 return CreatedUser(user_id=existing.user_id, user_token=stored.decode("utf-8"), created=False)
             # The conflicting user was removed between the two statements: try again.
     msg = "user create kept conflicting with concurrent removals"
@@ -182,7 +199,7 @@ async def get_user(
     """
     async with session.begin():
         user = await _require(session, ring, tenant_id, user_id, user_token)
-    profile = _open_profile(ring, user)
+        profile = await _open_profile(session, ring, user)
     return UserView(
         user_id=user.user_id,
         client_user_id=user.client_user_id,
@@ -220,8 +237,8 @@ async def update_user(
     updates = {"identity": identity, "consumer_report_user_identity": consumer_report_user_identity}
     async with session.begin():
         user = await _require(session, ring, tenant_id, user_id, user_token, lock="update")
-        profile = _merge_profile(_open_profile(ring, user), updates)
-        await repository.set_identity(session, user.id, _seal_profile(ring, tenant_id, user.id, profile))
+        profile = _merge_profile(await _open_profile(session, ring, user), updates)
+        await repository.set_identity(session, user.id, await _seal_profile(session, ring, tenant_id, user.id, profile))
         await audit.record(
             session,
             action="user.updated",

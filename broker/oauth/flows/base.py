@@ -23,6 +23,7 @@ from broker.audit import service as audit
 from broker.crypto import envelope, tokens
 from broker.db.models import Grant as GrantRow
 from broker.db.models import Tenant
+from broker.keys import sealing
 from broker.oauth import repository
 
 if TYPE_CHECKING:
@@ -173,7 +174,8 @@ async def mint_pair(
     access, refresh = tokens.new_access_token(), tokens.new_refresh_token()
     refresh_id = uuid.uuid4()
     access_expires_at = now + timedelta(seconds=access_ttl)
-    sealed = envelope.seal(ring, refresh.encode(), envelope.aad_for("refresh_tokens", "token", tenant_id, refresh_id))
+    aad = envelope.aad_for("refresh_tokens", "token", tenant_id, refresh_id)
+    sealed = await sealing.seal(session, ring, tenant_id, refresh.encode(), aad)
     await repository.insert_tokens(
         session,
         refresh={
@@ -239,8 +241,14 @@ async def issue_grant(
     )
 
 
-def seal_retry_pair(
-    ring: KeyRing, token_id: uuid.UUID, tenant_id: uuid.UUID, issued: IssuedTokens, now: datetime
+async def seal_retry_pair(
+    session: AsyncSession,
+    ring: KeyRing,
+    token_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    issued: IssuedTokens,
+    *,
+    now: datetime,
 ) -> str:
     """Seal a rotation's successor pair so a retry within the grace window gets the same pair."""
     payload: dict[str, Any] = {
@@ -251,15 +259,15 @@ def seal_retry_pair(
         "g": str(issued.grant_id),
     }
     aad = envelope.aad_for("refresh_tokens", "retry_pair", tenant_id, token_id)
-    return envelope.seal(ring, json.dumps(payload).encode(), aad)
+    return await sealing.seal(session, ring, tenant_id, json.dumps(payload).encode(), aad)
 
 
-def open_retry_pair(
-    ring: KeyRing, token_id: uuid.UUID, tenant_id: uuid.UUID, sealed: str, now: datetime
+async def open_retry_pair(
+    session: AsyncSession, ring: KeyRing, token_id: uuid.UUID, tenant_id: uuid.UUID, sealed: str, *, now: datetime
 ) -> IssuedTokens:
     """Open a sealed retry pair (see :func:`seal_retry_pair`)."""
     aad = envelope.aad_for("refresh_tokens", "retry_pair", tenant_id, token_id)
-    payload = json.loads(envelope.open_(ring, sealed, aad))
+    payload = json.loads(await sealing.open_(session, ring, sealed, aad))
     return IssuedTokens(
         access_token=payload["a"],
         refresh_token=payload["r"],

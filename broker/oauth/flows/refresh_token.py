@@ -86,7 +86,7 @@ class RefreshTokenFlow(Flow):
             parent_refresh_id=token.id,
         )
         issued = IssuedTokens(pair.access_token, pair.refresh_token, grant.access_token_ttl, access_scopes, grant.id)
-        sealed = seal_retry_pair(runtime.ring, token.id, grant.tenant_id, issued, request.now)
+        sealed = await seal_retry_pair(session, runtime.ring, token.id, grant.tenant_id, issued, now=request.now)
         await repository.mark_rotated(session, token.id, pair.refresh_id, sealed, request.now)
         if token.parent_id is not None:
             await repository.forget_retry_pair(session, token.parent_id)
@@ -112,12 +112,13 @@ class RefreshTokenFlow(Flow):
             successor_used = await repository.successor_rotated(session, token.successor_id)
             if not successor_used:
                 try:
-                    return open_retry_pair(
+                    return await open_retry_pair(
+                        session,
                         runtime.ring,
                         token.id,
                         grant.tenant_id,
                         token.retry_pair_enc,  # type: ignore[arg-type]
-                        request.now,
+                        now=request.now,
                     )
                 except EnvelopeError:
                     pass  # an unreadable retry pair is treated as a replay: fail closed
