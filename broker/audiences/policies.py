@@ -35,6 +35,7 @@ class PolicySpec:
     allowed_scopes: tuple[str, ...] | None = None
     access_token_ttl: int | None = None
     refresh_token_ttl: int | None = None
+    webhook_include_refresh_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ async def upsert_policy(
         allowed_scopes=allowed,
         access_token_ttl=access_ttl,
         refresh_token_ttl=refresh_ttl,
+        webhook_include_refresh_token=spec.webhook_include_refresh_token,
     )
     await audit.record(
         session,
@@ -135,6 +137,7 @@ async def upsert_policy(
             "allowed_scopes": allowed,
             "access_token_ttl": access_ttl,
             "refresh_token_ttl": refresh_ttl,
+            "webhook_include_refresh_token": spec.webhook_include_refresh_token,
         },
     )
     return PolicyView(policy, spec.target, target.kind), created

@@ -28,6 +28,7 @@ class ClientTargetRow:
     allowed_scopes: list[str] | None
     access_token_ttl: int | None
     refresh_token_ttl: int | None
+    webhook_include_refresh_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class AudienceTargetRow:
     allowed_scopes: list[str] | None
     access_token_ttl: int | None
     refresh_token_ttl: int | None
+    webhook_include_refresh_token: bool = False
 
 
 def _text_array(name: str, values: list[str]) -> Any:  # noqa: ANN401 - a SQL expression
@@ -124,6 +126,7 @@ async def upsert_policy(
     allowed_scopes: list[str] | None,
     access_token_ttl: int | None,
     refresh_token_ttl: int | None,
+    webhook_include_refresh_token: bool = False,
 ) -> tuple[AudiencePolicy, bool]:
     """Insert or replace the policy of ``tenant_id`` toward one target, in one statement (race-free).
 
@@ -141,6 +144,7 @@ async def upsert_policy(
         allowed_scopes=allowed_scopes,
         access_token_ttl=access_token_ttl,
         refresh_token_ttl=refresh_token_ttl,
+        webhook_include_refresh_token=webhook_include_refresh_token,
     )
     statement = statement.on_conflict_do_update(
         index_elements=[AudiencePolicy.tenant_id, conflict_column],
@@ -148,6 +152,7 @@ async def upsert_policy(
             "allowed_scopes": statement.excluded.allowed_scopes,
             "access_token_ttl": statement.excluded.access_token_ttl,
             "refresh_token_ttl": statement.excluded.refresh_token_ttl,
+            "webhook_include_refresh_token": statement.excluded.webhook_include_refresh_token,
             "updated_at": func.now(),
         },
     )
@@ -203,6 +208,7 @@ async def client_targets(session: AsyncSession, tenant_id: uuid.UUID, client_ids
             AudiencePolicy.allowed_scopes,
             AudiencePolicy.access_token_ttl,
             AudiencePolicy.refresh_token_ttl,
+            func.coalesce(AudiencePolicy.webhook_include_refresh_token, False),
         )
         .outerjoin(
             AudiencePolicy,
@@ -232,6 +238,7 @@ async def audience_targets(session: AsyncSession, tenant_id: uuid.UUID, urns: li
             AudiencePolicy.allowed_scopes,
             AudiencePolicy.access_token_ttl,
             AudiencePolicy.refresh_token_ttl,
+            func.coalesce(AudiencePolicy.webhook_include_refresh_token, False),
         )
         .outerjoin(
             AudiencePolicy,
@@ -239,4 +246,4 @@ async def audience_targets(session: AsyncSession, tenant_id: uuid.UUID, urns: li
         )
         .where(Audience.urn == _text_array("urns", urns))
     )
-    return [AudienceTargetRow(row[0], sorted(row[1] or ()), row[2], row[3], row[4], row[5]) for row in result.all()]
+    return [AudienceTargetRow(row[0], sorted(row[1] or ()), *row[2:]) for row in result.all()]

@@ -92,6 +92,7 @@ async def put_policy(
         allowed_scopes=tuple(body.allowed_scopes) if body.allowed_scopes is not None else None,
         access_token_ttl=body.access_token_ttl,
         refresh_token_ttl=body.refresh_token_ttl,
+        webhook_include_refresh_token=body.webhook_include_refresh_token,
     )
     async with session.begin():
         view, created = await policies.upsert_policy(

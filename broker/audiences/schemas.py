@@ -40,6 +40,8 @@ class PolicyIn(msgspec.Struct, forbid_unknown_fields=True):
     allowed_scopes: list[str] | None = None
     access_token_ttl: int | None = None
     refresh_token_ttl: int | None = None
+    webhook_include_refresh_token: bool = False
+    """Send the shared refresh token in ``grant.shared`` webhooks to this target's parties (off by default)."""
 
 
 class PolicyOut(msgspec.Struct):
@@ -49,6 +51,7 @@ class PolicyOut(msgspec.Struct):
     allowed_scopes: list[str] | None
     access_token_ttl: int | None
     refresh_token_ttl: int | None
+    webhook_include_refresh_token: bool
     created_at: datetime
     updated_at: datetime
 
@@ -75,6 +78,7 @@ def policy_out(view: PolicyView) -> PolicyOut:
         allowed_scopes=list(policy.allowed_scopes) if policy.allowed_scopes is not None else None,
         access_token_ttl=policy.access_token_ttl,
         refresh_token_ttl=policy.refresh_token_ttl,
+        webhook_include_refresh_token=policy.webhook_include_refresh_token,
         created_at=policy.created_at,
         updated_at=policy.updated_at,
     )

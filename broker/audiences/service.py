@@ -53,6 +53,8 @@ class ResolvedTarget:
         allowed_scopes: The policy's scope ceiling; None means the policy does not restrict scopes.
         access_token_ttl: The policy's access token lifetime in seconds; None means "use the default".
         refresh_token_ttl: The policy's refresh token lifetime in seconds; None means "use the default".
+        webhook_include_refresh_token: Whether ``grant.shared`` webhooks to these parties carry the
+            shared refresh token.
     """
 
     entry: str
@@ -60,6 +62,7 @@ class ResolvedTarget:
     allowed_scopes: tuple[str, ...] | None
     access_token_ttl: int | None
     refresh_token_ttl: int | None
+    webhook_include_refresh_token: bool = False
 
 
 def is_urn(value: str) -> bool:
@@ -293,6 +296,7 @@ async def resolve_targets(session: AsyncSession, tenant_id: uuid.UUID, entries: 
                 allowed_scopes=tuple(policy.allowed_scopes) if policy.allowed_scopes is not None else None,
                 access_token_ttl=policy.access_token_ttl,
                 refresh_token_ttl=policy.refresh_token_ttl,
+                webhook_include_refresh_token=policy.webhook_include_refresh_token,
             )
         )
     return resolved
