@@ -25,6 +25,8 @@ from broker.oauth import routes as oauth_routes
 from broker.settings import Settings
 from broker.tenants import routes as tenants_routes
 from broker.users import routes as users_routes
+from broker.webhooks import delivery as webhook_delivery
+from broker.webhooks import routes as webhooks_routes
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -55,7 +57,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.runtime = runtime
         try:
-            yield
+            async with webhook_delivery.running(runtime):  # one delivery worker per serving process
+                yield
         finally:
             await runtime.engine.dispose()
 
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             tenants_routes.router,
             audiences_routes.router,
             admin_keys_routes.router,
+            webhooks_routes.router,
         ],
         dependencies={
             "runtime": Provide(_provide_runtime, sync_to_thread=False),

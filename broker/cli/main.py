@@ -102,6 +102,32 @@ def serve(host: str | None, port: int | None, workers: int | None, no_migrate: b
     ).serve()
 
 
+@cli.command()
+@click.option("--no-migrate", is_flag=True, help="Do not apply migrations first.")
+def worker(no_migrate: bool) -> None:
+    """Deliver partner webhooks from the outbox until interrupted (every `serve` process does this too)."""
+    from broker.app import build_runtime  # noqa: PLC0415 - only this command needs the runtime
+    from broker.http import logging as http_logging  # noqa: PLC0415
+    from broker.webhooks import delivery  # noqa: PLC0415
+
+    started = bootstrap.start()
+    settings = started.settings
+    bootstrap.load_ring(settings)
+    if not no_migrate:
+        bootstrap.migrate_database(settings)
+    http_logging.configure(settings)
+    runtime = build_runtime(settings)
+
+    async def _run() -> None:
+        try:
+            await delivery.run_forever(runtime)
+        finally:
+            await runtime.engine.dispose()
+
+    click.echo("broker webhook worker running (Ctrl-C to stop)", err=True)
+    asyncio.run(_run())
+
+
 @cli.group()
 def admin() -> None:
     """Admin API keys."""

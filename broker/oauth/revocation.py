@@ -10,6 +10,8 @@ Invariants:
       keep theirs.
     * Unknown tokens and tokens the caller may not touch get the same 200 (RFC 7009 §2.2); a refused
       attempt changes nothing and is audited.
+    * Webhooks are queued in the same transaction: ``grant.revoked`` to every holder and party of the
+      revoked grants (listing them all), and ``party.removed`` when a party withdraws.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from broker.audit import service as audit
 from broker.crypto import tokens
 from broker.oauth import repository
 from broker.oauth.introspection import describe, visible_to
+from broker.webhooks import outbox
 
 if TYPE_CHECKING:
     import uuid
@@ -53,12 +56,25 @@ async def revoke(session: AsyncSession, runtime: Runtime, caller: Tenant, token:
             return
         owner = caller.id in {grant.tenant_id, grant.requester_tenant_id}
         if grant.kind == "multi_party" and not owner:
-            await repository.withdraw_party(session, grant.id, caller.id, now)
+            withdrawn = await repository.withdraw_party(session, grant.id, caller.id, now)
             revoked: list[uuid.UUID] = []
             for party_grant in await repository.party_grants(session, grant.id, caller.id):
                 revoked += await repository.revoke_subtree(session, party_grant, "party.withdrawn", now)
             detail = {"token_kind": kind, **_summary(revoked)}
             await audit.record(session, action="party.withdrawn", grant_id=grant.id, detail=detail, **base)
+            if withdrawn:
+                notify = (grant.tenant_id, grant.requester_tenant_id)
+                await outbox.party_removed(
+                    session,
+                    runtime.ring,
+                    grant_id=grant.id,
+                    party_tenant_id=caller.id,
+                    party=caller.client_id,
+                    reason="withdrawn",
+                    revoked=revoked,
+                    notify=notify,
+                )
+            await outbox.grants_revoked(session, runtime.ring, revoked, reason="party.withdrawn", grant_id=grant.id)
             return
         if kind == "access":
             await repository.revoke_access(session, tokens.digest(runtime.ring.hash_key, token), now)
@@ -67,6 +83,7 @@ async def revoke(session: AsyncSession, runtime: Runtime, caller: Tenant, token:
         revoked = await repository.revoke_subtree(session, grant.id, "token.revoked", now)
         detail = {"token_kind": kind, **_summary(revoked)}
         await audit.record(session, action="grant.revoked", grant_id=grant.id, detail=detail, **base)
+        await outbox.grants_revoked(session, runtime.ring, revoked, reason="token.revoked", grant_id=grant.id)
 
 
 def _summary(revoked: list[uuid.UUID]) -> dict[str, Any]:

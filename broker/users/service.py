@@ -9,7 +9,8 @@ Invariants:
       unique index on live users plus ``ON CONFLICT DO NOTHING``).
     * Identity data is sealed at rest; removal drops it and leaves a tombstone, so the same
       ``client_user_id`` later makes a new user.
-    * Removing a user revokes every grant whose subject it is, in the same transaction.
+    * Removing a user revokes every grant whose subject it is, in the same transaction, and queues the
+      ``user.removed`` and ``grant.revoked`` webhooks in it too.
     * Audit events name users by ``user_id`` and never carry a token or identity data.
 
 Every use case here runs its own short transaction on the session it is given.
@@ -29,6 +30,7 @@ from broker.crypto import envelope, tokens
 from broker.crypto.envelope import EnvelopeError
 from broker.keys import sealing
 from broker.users import repository
+from broker.webhooks import outbox
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -284,6 +286,9 @@ async def remove_user(
             request_id=request_id,
             user_id=user.user_id,
             detail={"grants_revoked": len(revoked)},
+        )
+        await outbox.user_removed(
+            session, ring, tenant_id=tenant_id, user_pk=user.id, user_id=user.user_id, revoked=revoked
         )
     return len(revoked)
 

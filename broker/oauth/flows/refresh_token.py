@@ -38,6 +38,7 @@ from broker.oauth.flows.base import (
     open_retry_pair,
     seal_retry_pair,
 )
+from broker.webhooks import outbox
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -133,6 +134,7 @@ class RefreshTokenFlow(Flow):
             outcome="denied",
             detail={"revoked_grants": len(revoked)},
         )
+        await outbox.grants_revoked(session, runtime.ring, revoked, reason="refresh_token.replayed", grant_id=grant.id)
         raise DeferredFailure(errors.InvalidGrant("refresh token already used", debug="replay; family revoked"))
 
     async def _fork(

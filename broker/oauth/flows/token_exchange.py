@@ -18,6 +18,7 @@ carry ``exchange`` by default: the requester must ask for it, so partners cannot
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from broker import errors, scopes
@@ -38,6 +39,7 @@ from broker.oauth.flows.base import (
     ttl,
 )
 from broker.users import service as users
+from broker.webhooks import outbox
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -157,7 +159,12 @@ class TokenExchangeFlow(Flow):
             access_token_ttl=ttl(target.access_token_ttl, client.access_token_ttl, settings.access_token_ttl),
             refresh_token_ttl=ttl(target.refresh_token_ttl, client.refresh_token_ttl, settings.refresh_token_ttl),
         )
-        return await self._finish(session, runtime, request, new, user_id=None, parties=())
+        holder = target.partner_tenant_ids[0]
+        include = frozenset({holder}) if target.webhook_include_refresh_token else frozenset()
+        notify = ((holder, target.entry),)
+        return await self._finish(
+            session, runtime, request, new, user_id=None, parties=(), notify=notify, include_token_for=include
+        )
 
     async def _multi_user(
         self, session: AsyncSession, runtime: Runtime, request: TokenRequest, subject_token: str
@@ -193,7 +200,19 @@ class TokenExchangeFlow(Flow):
                 min(refresh_ttls, default=None), client.refresh_token_ttl, settings.refresh_token_ttl
             ),
         )
-        return await self._finish(session, runtime, request, new, user_id=user.user_id, parties=tuple(parties.items()))
+        include = frozenset(
+            t for target in targets if target.webhook_include_refresh_token for t in target.partner_tenant_ids
+        )
+        return await self._finish(
+            session,
+            runtime,
+            request,
+            new,
+            user_id=user.user_id,
+            parties=tuple(parties.items()),
+            notify=tuple(parties.items()),
+            include_token_for=include,
+        )
 
     async def _finish(
         self,
@@ -204,14 +223,17 @@ class TokenExchangeFlow(Flow):
         *,
         user_id: str | None,
         parties: tuple[tuple[Any, str], ...],
+        notify: tuple[tuple[Any, str], ...] = (),
+        include_token_for: frozenset[Any] = frozenset(),
     ) -> IssuedTokens:
+        """Issue the grant and, in the same transaction, queue ``grant.shared`` for each ``notify`` tenant."""
         detail = {
             "subject_token_type": new.subject_token_type,
             "audience": new.audience,
             "parties": len(parties),
             "parent_grant_id": str(new.parent.id) if new.parent is not None else None,
         }
-        return await issue_grant(
+        issued = await issue_grant(
             session,
             runtime,
             request,
@@ -222,6 +244,22 @@ class TokenExchangeFlow(Flow):
             user_id=user_id,
             issued_token_type=ACCESS_TOKEN_TYPE,
         )
+        if notify:
+            await outbox.grant_shared(
+                session,
+                runtime.ring,
+                grant_id=issued.grant_id,
+                kind=new.kind,
+                requester=request.client.client_id,
+                audience=new.audience,
+                scope=new.scopes,
+                user_id=user_id,
+                parties=notify,
+                refresh_token=issued.refresh_token,
+                refresh_token_expires_at=request.now + timedelta(seconds=new.refresh_token_ttl),
+                include_token_for=include_token_for,
+            )
+        return issued
 
 
 def _without_exchange(scopes_: tuple[str, ...]) -> tuple[str, ...]:
