@@ -54,6 +54,8 @@ def pytest_configure(config: pytest.Config) -> None:
         BROKER_HASH_KEY=generate_key(),
         BROKER_LOG_LEVEL="INFO",
         BROKER_LOG_JSON="true",
+        # Tests drive webhook delivery themselves (tests/webhook_helpers.py); servers opt in with serve(env).
+        BROKER_WEBHOOK_WORKER="false",
     )
 
 
