@@ -15,12 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession  # noqa: TC002 - resolved at run
 from broker import __version__
 from broker.admin_keys import routes as admin_keys_routes
 from broker.audiences import routes as audiences_routes
+from broker.audit import chain as audit_chain
+from broker.audit import routes as audit_routes
 from broker.context import Runtime
 from broker.crypto.keyring import KeyRing
 from broker.db.engine import create_engine, create_sessionmaker
+from broker.grants import routes as grants_routes
 from broker.http import errors as http_errors
 from broker.http import health
 from broker.http import logging as http_logging
+from broker.keys import routes as keys_routes
+from broker.keys import service as keys_service
 from broker.oauth import routes as oauth_routes
 from broker.settings import Settings
 from broker.tenants import routes as tenants_routes
@@ -57,7 +62,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.runtime = runtime
         try:
-            async with webhook_delivery.running(runtime):  # one delivery worker per serving process
+            await keys_service.check_ring_on_start(runtime)  # refuse a ring that lacks a key in use
+            async with webhook_delivery.running(runtime), audit_chain.sealing(runtime):
                 yield
         finally:
             await runtime.engine.dispose()
@@ -73,6 +79,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             audiences_routes.router,
             admin_keys_routes.router,
             webhooks_routes.router,
+            keys_routes.router,
+            audit_routes.router,
+            grants_routes.router,
         ],
         dependencies={
             "runtime": Provide(_provide_runtime, sync_to_thread=False),

@@ -10,8 +10,11 @@ import click
 
 from broker import errors
 from broker.admin_keys import service as admin_keys
+from broker.cli import audit as audit_cli
 from broker.cli import bootstrap
 from broker.cli import demo as demo_world
+from broker.cli import keys as keys_cli
+from broker.cli import secrets as secrets_cli
 from broker.db import migrate as migrations
 from broker.db.engine import create_engine, create_sessionmaker
 from broker.tenants import service as tenants
@@ -88,6 +91,7 @@ def serve(host: str | None, port: int | None, workers: int | None, no_migrate: b
     bootstrap.load_ring(settings)  # fail here with one line, not in every worker with a traceback
     if not no_migrate:
         bootstrap.migrate_database(settings)
+    keys_cli.refuse_missing_keys(settings)  # a key retired too early: one line here, not a traceback per worker
     bind_host, bind_port = host or settings.host, port or settings.port
     click.echo(f"broker serving on http://{bind_host}:{bind_port} (OpenAPI UI at /schema)", err=True)
     Granian(
@@ -221,6 +225,15 @@ def demo(as_json: bool) -> None:
 
     seeded = run_with_session(work)
     click.echo(demo_world.as_json(seeded) if as_json else demo_world.as_text(seeded))
+
+
+cli.add_command(keys_cli.keys)
+cli.add_command(audit_cli.audit)
+admin.add_command(secrets_cli.list_keys)
+admin.add_command(secrets_cli.revoke_key)
+tenants_group.add_command(secrets_cli.rotate_secret)
+tenants_group.add_command(secrets_cli.list_secrets)
+tenants_group.add_command(secrets_cli.revoke_secret)
 
 
 def main() -> None:

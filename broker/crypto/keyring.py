@@ -136,3 +136,80 @@ def ensure_dev_key_file(path: Path) -> bool:
     with os.fdopen(fd, "w") as handle:
         handle.write(body + "\n")
     return True
+
+
+def _spec_entries(spec: str) -> list[tuple[str, str]]:
+    entries = []
+    for raw_entry in spec.split(","):
+        entry = raw_entry.strip()
+        if entry:
+            kid, _, material = entry.partition(":")
+            entries.append((kid, material))
+    return entries
+
+
+def _check_kid(kid: str) -> None:
+    if not _KID.match(kid):
+        raise KeyRingError(f"key id {kid!r} must match {_KID.pattern}")
+
+
+def change_spec(
+    spec: str, *, add: tuple[str, str] | None = None, activate: str | None = None, remove: str | None = None
+) -> str:
+    """A ``BROKER_KEYS`` value with a key added (``(kid, base64key)``), made active, or removed.
+
+    The first entry is the active key. The result is parsed before it is returned, so it is valid.
+    """
+    entries = _spec_entries(spec)
+    kids = [kid for kid, _ in entries]
+    if add is not None:
+        _check_kid(add[0])
+        if add[0] in kids:
+            raise KeyRingError(f"key id {add[0]!r} is already in the ring")
+        entries.append(add)
+    if remove is not None:
+        if remove not in kids:
+            raise KeyRingError(f"key id {remove!r} is not in the ring")
+        if remove == (activate or kids[0]):
+            raise KeyRingError(f"key id {remove!r} is the active key")
+        entries = [entry for entry in entries if entry[0] != remove]
+    if activate is not None:
+        chosen = [entry for entry in entries if entry[0] == activate]
+        if not chosen:
+            raise KeyRingError(f"key id {activate!r} is not in the ring")
+        entries = chosen + [entry for entry in entries if entry[0] != activate]
+    if not entries:
+        raise KeyRingError("the ring would be empty")
+    result = ",".join(f"{kid}:{material}" for kid, material in entries)
+    KeyRing.parse(result, generate_key())
+    return result
+
+
+def change_file(
+    path: Path, *, add: tuple[str, str] | None = None, activate: str | None = None, remove: str | None = None
+) -> KeyRing:
+    """Rewrite a JSON key file with a key added, made active, or removed (atomically, mode 0600)."""
+    current = KeyRing.load_file(path)
+    data = json.loads(path.read_text())
+    keys: dict[str, str] = dict(data["keys"])
+    if add is not None:
+        _check_kid(add[0])
+        if add[0] in keys:
+            raise KeyRingError(f"key id {add[0]!r} is already in the ring")
+        keys[add[0]] = add[1]
+    if remove is not None:
+        if remove not in keys:
+            raise KeyRingError(f"key id {remove!r} is not in the ring")
+        if remove == (activate or current.active_kid):
+            raise KeyRingError(f"key id {remove!r} is the active key")
+        del keys[remove]
+    if activate is not None and activate not in keys:
+        raise KeyRingError(f"key id {activate!r} is not in the ring")
+    body = {"active": activate or current.active_kid, "keys": keys, "hash_key": data["hash_key"]}
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(body, indent=2) + "\n")
+    ring = KeyRing.load_file(temporary)
+    temporary.replace(path)
+    return ring

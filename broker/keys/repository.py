@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import bindparam, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from broker.db.models import TenantKey
+from broker.db.models import Grant, RefreshToken, Tenant, TenantKey, User
 
 if TYPE_CHECKING:
     import uuid
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from broker.keys.columns import SealedTable
 
-_MINE = literal_column("xmin = pg_current_xact_id_if_assigned()::xid").label("mine")
+_MINE: Any = literal_column("xmin = pg_current_xact_id_if_assigned()::xid").label("mine")
 """True when the row was written by the current, uncommitted transaction (never cache those)."""
 
 
@@ -66,6 +66,67 @@ async def shred_keys(session: AsyncSession, tenant_id: uuid.UUID, now: datetime)
         .returning(TenantKey.id)
     )
     return list(result.scalars())
+
+
+async def lock_tenant(session: AsyncSession, client_id: str) -> Tenant | None:
+    """The tenant with ``client_id``, locked ``FOR UPDATE`` (waits for in-flight inserts of its rows)."""
+    result = await session.execute(select(Tenant).where(Tenant.client_id == client_id).with_for_update())
+    return result.scalar_one_or_none()
+
+
+async def revoke_tenant_grants(
+    session: AsyncSession, tenant_id: uuid.UUID, now: datetime
+) -> tuple[int, list[uuid.UUID]]:
+    """Revoke every live grant the tenant owns (its own, and every lineage shared from its data).
+
+    Returns:
+        How many were revoked, and the ids of those shared with other clients (exchanges, multi-party
+        grants and party lineages), whose holders should hear of it.
+    """
+    result = await session.execute(
+        update(Grant)
+        .where(Grant.tenant_id == tenant_id, Grant.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason="tenant.shredded")
+        .returning(Grant.id, Grant.kind)
+    )
+    rows = result.all()
+    return len(rows), [grant_id for grant_id, kind in rows if kind in {"exchange", "multi_party", "party"}]
+
+
+async def tombstone_tenant_users(session: AsyncSession, tenant_id: uuid.UUID, now: datetime) -> int:
+    """Mark every live user of the tenant removed, dropping identity data."""
+    result = await session.execute(
+        update(User)
+        .where(User.tenant_id == tenant_id, User.removed_at.is_(None))
+        .values(removed_at=now, identity_enc=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def overwrite_tenant_v1_values(session: AsyncSession, tenant_id: uuid.UUID, placeholder: str) -> int:
+    """Drop the tenant's retry pairs and overwrite its ``v1`` values with ``placeholder``.
+
+    ``v1`` values are sealed under a ring key, so destroying the data key would not reach them.
+    Returns the number of rows changed.
+    """
+    changed = 0
+    for statement in (
+        update(RefreshToken)
+        .where(RefreshToken.tenant_id == tenant_id, RefreshToken.retry_pair_enc.is_not(None))
+        .values(retry_pair_enc=None),
+        update(RefreshToken)
+        .where(RefreshToken.tenant_id == tenant_id, RefreshToken.token_enc.startswith("v1.", autoescape=True))
+        .values(token_enc=placeholder),
+        update(User)
+        .where(
+            User.tenant_id == tenant_id,
+            User.user_token_enc.startswith("v1.", autoescape=True)
+            | User.identity_enc.startswith("v1.", autoescape=True),
+        )
+        .values(user_token_enc=placeholder, identity_enc=None),
+    ):
+        changed += int((await session.execute(statement)).rowcount)  # type: ignore[attr-defined]
+    return changed
 
 
 # --- key usage -----------------------------------------------------------------------------------------
@@ -155,7 +216,8 @@ async def claim_keys_to_rewrap(
     )
     if after is not None:
         query = query.where(TenantKey.id > after)
-    return list((await session.execute(query)).all())
+    rows: list[Row[Any]] = list((await session.execute(query)).all())  # type: ignore[arg-type]
+    return rows
 
 
 async def count_keys_to_rewrap(session: AsyncSession, active: str) -> int:

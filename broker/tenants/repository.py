@@ -69,3 +69,41 @@ async def secrets_of(session: AsyncSession, tenant_id: uuid.UUID) -> list[Client
         select(ClientSecret).where(ClientSecret.tenant_id == tenant_id).order_by(ClientSecret.created_at.desc())
     )
     return list(result.scalars())
+
+
+async def lock_by_client_id(session: AsyncSession, client_id: str) -> Tenant | None:
+    """The tenant with ``client_id``, locked ``FOR UPDATE`` (serialises secret rotations of one tenant)."""
+    result = await session.execute(select(Tenant).where(Tenant.client_id == client_id).with_for_update())
+    return result.scalar_one_or_none()
+
+
+async def expire_live_secrets(session: AsyncSession, tenant_id: uuid.UUID, overlap_seconds: int) -> list[ClientSecret]:
+    """Make every live secret of a tenant expire ``overlap_seconds`` from now (sooner ones keep their expiry)."""
+    deadline = func.now() + func.make_interval(0, 0, 0, 0, 0, 0, overlap_seconds)
+    result = await session.execute(
+        update(ClientSecret)
+        .where(
+            ClientSecret.tenant_id == tenant_id,
+            ClientSecret.revoked_at.is_(None),
+            or_(ClientSecret.expires_at.is_(None), ClientSecret.expires_at > deadline),
+        )
+        .values(expires_at=deadline)
+        .returning(ClientSecret)
+    )
+    return list(result.scalars())
+
+
+async def add_secret(session: AsyncSession, secret: ClientSecret) -> ClientSecret:
+    """Insert a secret and load its server-side defaults."""
+    session.add(secret)
+    await session.flush()
+    await session.refresh(secret)
+    return secret
+
+
+async def secret_of(session: AsyncSession, tenant_id: uuid.UUID, secret_id: uuid.UUID) -> ClientSecret | None:
+    """One secret of a tenant, locked ``FOR UPDATE``."""
+    result = await session.execute(
+        select(ClientSecret).where(ClientSecret.id == secret_id, ClientSecret.tenant_id == tenant_id).with_for_update()
+    )
+    return result.scalar_one_or_none()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, TypeVar
 
-from litestar import Request, Router, get, patch, post
+from litestar import Request, Router, delete, get, patch, post
 from litestar.params import FromPath
 from msgspec import UnsetType
 
@@ -12,7 +13,7 @@ from broker import errors
 from broker.http import admin
 from broker.http.deps import RuntimeDep, SessionDep
 from broker.http.errors import request_id_of
-from broker.tenants import schemas, service
+from broker.tenants import schemas, secrets, service
 
 V = TypeVar("V")
 MAX_LIMIT_DIGITS = 6
@@ -91,6 +92,62 @@ async def disable_tenant(
     return schemas.tenant_out(tenant)
 
 
+@get("/tenants/{client_id:str}/secrets")
+async def list_secrets(client_id: FromPath[str], session: SessionDep) -> schemas.SecretList:
+    client_id = admin.path_param(client_id, "tenant")
+    async with session.begin():
+        found = await secrets.list_secrets(session, client_id)
+    return schemas.SecretList(data=[schemas.secret_out(s) for s in found])
+
+
+@post("/tenants/{client_id:str}/secrets", status_code=201)
+async def rotate_secret(
+    client_id: FromPath[str], request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep
+) -> schemas.SecretCreated:
+    client_id = admin.path_param(client_id, "tenant")
+    raw = await request.body()
+    body = await admin.read_body(request, schemas.SecretRotate) if raw.strip() else schemas.SecretRotate()
+    async with session.begin():
+        secret, value, others = await secrets.rotate_secret(
+            session,
+            runtime.ring,
+            client_id,
+            overlap_seconds=body.overlap_seconds,
+            actor=admin.actor_of(request),
+            request_id=request_id_of(request),
+        )
+    return schemas.secret_created(secret, value, others)
+
+
+@post("/tenants/{client_id:str}/secrets/{secret_id:str}/revoke", status_code=200)
+async def revoke_secret(
+    client_id: FromPath[str], secret_id: FromPath[str], request: Request[Any, Any, Any], session: SessionDep
+) -> schemas.SecretOut:
+    return await _revoke_secret(client_id, secret_id, request, session)
+
+
+@delete("/tenants/{client_id:str}/secrets/{secret_id:str}", status_code=200)
+async def delete_secret(
+    client_id: FromPath[str], secret_id: FromPath[str], request: Request[Any, Any, Any], session: SessionDep
+) -> schemas.SecretOut:
+    return await _revoke_secret(client_id, secret_id, request, session)
+
+
+async def _revoke_secret(
+    client_id: str, secret_id: str, request: Request[Any, Any, Any], session: SessionDep
+) -> schemas.SecretOut:
+    client_id = admin.path_param(client_id, "tenant")
+    try:
+        secret_uuid = uuid.UUID(admin.path_param(secret_id, "secret"))
+    except ValueError:
+        raise errors.NotFound("no secret with that id for this tenant") from None
+    async with session.begin():
+        secret = await secrets.revoke_secret(
+            session, client_id, secret_uuid, actor=admin.actor_of(request), request_id=request_id_of(request)
+        )
+    return schemas.secret_out(secret)
+
+
 def _given(value: V | UnsetType) -> V | None:
     return None if isinstance(value, UnsetType) else value
 
@@ -110,6 +167,16 @@ def _limit(raw: str | None) -> int:
 router = Router(
     path=admin.PREFIX,
     guards=[admin.require_admin_key],
-    route_handlers=[create_tenant, list_tenants, get_tenant, update_tenant, disable_tenant],
+    route_handlers=[
+        create_tenant,
+        list_tenants,
+        get_tenant,
+        update_tenant,
+        disable_tenant,
+        list_secrets,
+        rotate_secret,
+        revoke_secret,
+        delete_secret,
+    ],
     tags=["admin: tenants"],
 )

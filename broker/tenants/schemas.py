@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ from msgspec import UNSET, UnsetType
 
 if TYPE_CHECKING:
     from broker.db.models import Tenant
+    from broker.tenants.secrets import SecretView
 
 
 class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,4 +78,50 @@ def _fields(tenant: Tenant) -> dict[str, Any]:
         "refresh_token_ttl": tenant.refresh_token_ttl,
         "created_at": tenant.created_at,
         "updated_at": tenant.updated_at,
+    }
+
+
+class SecretRotate(msgspec.Struct, forbid_unknown_fields=True):
+    overlap_seconds: int = 86_400
+    """How long the tenant's older live secrets keep working (0 to 2592000)."""
+
+
+class SecretOut(msgspec.Struct):
+    id: uuid.UUID
+    algorithm: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    live: bool
+
+
+class SecretCreated(SecretOut):
+    secret: str
+    """Shown once; broker keeps only a keyed hash."""
+    others: list[SecretOut]
+    """The tenant's other secrets, with the expiry the rotation gave them."""
+
+
+class SecretList(msgspec.Struct):
+    data: list[SecretOut]
+
+
+def secret_out(secret: SecretView) -> SecretOut:
+    return SecretOut(**_secret_fields(secret))
+
+
+def secret_created(secret: SecretView, value: str, others: list[SecretView]) -> SecretCreated:
+    return SecretCreated(**_secret_fields(secret), secret=value, others=[secret_out(s) for s in others])
+
+
+def _secret_fields(secret: SecretView) -> dict[str, Any]:
+    return {
+        "id": secret.id,
+        "algorithm": secret.algorithm,
+        "created_at": secret.created_at,
+        "last_used_at": secret.last_used_at,
+        "expires_at": secret.expires_at,
+        "revoked_at": secret.revoked_at,
+        "live": secret.live,
     }
