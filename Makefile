@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check clean install
+.PHONY: run test lint typecheck check clean install bench bench-growth
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "broker needs Python 3.11 or newer")'
@@ -29,6 +29,16 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy broker tests
 
 check: lint typecheck test
+
+# Benchmarks (docs/performance.md): broker under wrk beside pgbench's floor, measured in the same run.
+# BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_TOKENS, BENCH_SCENARIOS and BENCH_ARGS tune a run.
+bench: $(STAMP)
+	bench/install-tools.sh
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-growth: $(STAMP)
+	bench/install-tools.sh
+	$(PY) -m bench.run --growth $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .broker build *.egg-info
