@@ -22,7 +22,7 @@ from broker.crypto.keyring import KeyRing
 from broker.db.engine import create_engine, create_sessionmaker
 from broker.grants import routes as grants_routes
 from broker.http import errors as http_errors
-from broker.http import health
+from broker.http import health, ratelimit
 from broker.http import logging as http_logging
 from broker.keys import routes as keys_routes
 from broker.keys import service as keys_service
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             async with webhook_delivery.running(runtime), audit_chain.sealing(runtime):
                 yield
         finally:
+            await ratelimit.close(app.state)
             await runtime.engine.dispose()
 
     return Litestar(

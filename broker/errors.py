@@ -119,6 +119,13 @@ class InvalidApiKeys(PlaidError):
     error_code = "INVALID_API_KEYS"
 
 
+class RateLimitExceeded(PlaidError):
+    """Plaid's rate-limit error (HTTP 429); broker answers it to throttled client authentication."""
+
+    error_type = "RATE_LIMIT_EXCEEDED"
+    error_code = "RATE_LIMIT"
+
+
 class UserNotFound(PlaidError):
     """The user does not exist for this client (or was removed)."""
 
@@ -168,3 +175,19 @@ class Forbidden(AdminError):
 
     code = "forbidden"
     status = 403
+
+
+class RateLimited(OAuthError, AdminError):
+    """Too many failed authentication attempts: 429 with ``Retry-After`` (RFC 6585 §4).
+
+    Rendered in every family: OAuth ``slow_down`` (the registered OAuth error for "slow down your
+    requests", RFC 8628 §3.5), Plaid ``RATE_LIMIT_EXCEEDED``/``RATE_LIMIT``, admin ``rate_limited``.
+    """
+
+    error = "slow_down"
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, description: str = "", *, retry_after: int, debug: str = "") -> None:
+        super().__init__(description, debug=debug)
+        self.retry_after = retry_after

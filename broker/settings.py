@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     webhook_allow_private: bool | None = None
     webhook_allow_http: bool | None = None
 
+    # Failed client and admin authentication (broker.http.ratelimit): sliding-window limits, shared
+    # across replicas through Redis when BROKER_REDIS_URL is set, else kept per process.
+    redis_url: str | None = None
+    auth_failure_window_seconds: int = Field(default=60, ge=1, le=3600)
+    auth_failures_per_client_address: int = Field(default=10, ge=1)
+    auth_failures_per_address: int = Field(default=100, ge=1)
+    auth_failures_per_client: int = Field(default=100, ge=1)
+
     @field_validator("resources", mode="before")
     @classmethod
     def _split_resources(cls, value: object) -> object:

@@ -15,6 +15,7 @@ import msgspec
 
 from broker import errors
 from broker.admin_keys import service as admin_keys
+from broker.http import ratelimit
 from broker.http.auth import bearer_token
 from broker.http.params import JSON, MAX_VALUE_CHARS, decode_json_object
 
@@ -45,8 +46,17 @@ async def require_admin_key(connection: ASGIConnection[Any, Any, Any, Any], _: B
     """
     runtime: Runtime = connection.app.state.runtime
     write = connection.scope.get("method", "GET") not in READ_METHODS
-    async with runtime.sessions() as session:
-        principal = await admin_keys.authenticate(session, runtime.ring, bearer_token(connection.headers), write=write)
+    presented = bearer_token(connection.headers)
+    throttle, address = ratelimit.of(connection.app.state, runtime.settings), ratelimit.address_of(connection.scope)
+    if presented is not None:  # a guessed key is throttled like a guessed client secret
+        await throttle.check(ratelimit.ADMIN, address)
+    try:
+        async with runtime.sessions() as session:
+            principal = await admin_keys.authenticate(session, runtime.ring, presented, write=write)
+    except errors.Unauthorized:
+        if presented is not None:
+            await throttle.failed(ratelimit.ADMIN, address)
+        raise
     connection.scope.setdefault("state", {})[_ACTOR] = principal.actor
 
 

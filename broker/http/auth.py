@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from broker import errors
+from broker.http import ratelimit
 from broker.tenants import service as tenants
 
 if TYPE_CHECKING:
@@ -114,7 +115,17 @@ def bearer_token(headers: Any) -> str | None:  # noqa: ANN401
 async def authenticate_client(
     request: Request[Any, Any, Any], runtime: Runtime, session: AsyncSession, body: dict[str, Any]
 ) -> Tenant:
-    """Authenticate the calling client from ``request`` and its parsed ``body``; note it for the access log."""
-    client = await tenants.authenticate(session, runtime.ring, extract_credentials(request.headers, body))
+    """Authenticate the calling client from ``request`` and its parsed ``body``; note it for the access log.
+
+    Failed attempts are throttled per client id and source address (:mod:`broker.http.ratelimit`).
+    """
+    credentials = extract_credentials(request.headers, body)
+    throttle, address = ratelimit.of(request.app.state, runtime.settings), ratelimit.address_of(request.scope)
+    await throttle.check(credentials.client_id, address)
+    try:
+        client = await tenants.authenticate(session, runtime.ring, credentials)
+    except errors.InvalidClient:
+        await throttle.failed(credentials.client_id, address)
+        raise
     request.scope.setdefault("state", {})["client_id"] = client.client_id
     return client

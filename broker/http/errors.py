@@ -32,6 +32,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 _PLAID_FOR_OAUTH: Mapping[type[errors.OAuthError], type[errors.PlaidError]] = {
     errors.InvalidClient: errors.InvalidApiKeys,
+    errors.RateLimited: errors.RateLimitExceeded,
 }
 
 
@@ -140,6 +141,8 @@ def render(request: Request[Any, Any, Any], err: errors.BrokerError) -> Response
             status = 400
     else:
         body = admin_body(err, request_id)
+    if isinstance(err, errors.RateLimited):
+        headers["Retry-After"] = str(err.retry_after)
     if err.debug:
         log.info("request refused", error=type(err).__name__, debug=err.debug, status=status)
     return Response(content=body, status_code=status, headers=headers, media_type=MediaType.JSON)
