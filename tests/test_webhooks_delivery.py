@@ -10,9 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -24,65 +22,22 @@ from broker.db.models import Audience, AudiencePolicy, WebhookDelivery
 from broker.webhooks import outbox, repository
 from broker.webhooks.delivery import DeliveryWorker
 from tests.admin_helpers import bearer, issue_key
-from tests.oauth_helpers import EXCHANGE, MULTI, OAUTH_USER, USER, add_member, build_world, revoke, token_ok
+from tests.oauth_helpers import EXCHANGE, OAUTH_USER, USER, add_member, revoke, token_ok
 from tests.webhook_helpers import (
     Receiver,
     Reply,
     attempts,
-    delete_endpoints,
-    deliveries,
     fast_config,
-    make_endpoint,
+    open_hooks,
     wait_until,
     worker_running,
 )
 
 
-@dataclass
-class Hooks:
-    """What a webhook test needs: the app client, the test runtime, a world, a receiver, and endpoints."""
-
-    client: Any
-    runtime: Any
-    settings: Any
-    sessions: Any
-    make_tenant: Any
-    world: Any
-    receiver: Receiver
-    created: list[uuid.UUID] = field(default_factory=list)
-
-    async def endpoint(self, url: str, **kwargs: Any) -> tuple[uuid.UUID, str]:
-        endpoint_id, secret = await make_endpoint(self.runtime, url, **kwargs)
-        self.created.append(endpoint_id)
-        return endpoint_id, secret
-
-    async def share(self, audience: str, client: Any = None) -> dict[str, Any]:
-        return await token_ok(
-            client or self.client,
-            self.world.lender,
-            grant_type=EXCHANGE,
-            subject_token=self.world.user["user_id"],
-            subject_token_type=MULTI,
-            audience=audience,
-        )
-
-    async def rows(self, endpoint_id: uuid.UUID, status: str | None = None) -> list[WebhookDelivery] | None:
-        """The endpoint's deliveries; with ``status``, only once every one has it (else None)."""
-        found = await deliveries(self.runtime, endpoint_id)
-        if status is None:
-            return found
-        return found if found and all(r.status == status for r in found) else None
-
-
 @pytest.fixture
 async def h(client, runtime, settings, sessions, make_tenant):
-    receiver = Receiver().start()
-    hooks = Hooks(
-        client, runtime, settings, sessions, make_tenant, await build_world(client, sessions, make_tenant), receiver
-    )
-    yield hooks
-    receiver.close()
-    await delete_endpoints(runtime, hooks.created)
+    async with open_hooks(client, runtime, settings, sessions, make_tenant) as hooks:
+        yield hooks
 
 
 async def test_grant_shared_reaches_each_party_signed_and_verifiable(h):
@@ -156,6 +111,7 @@ async def test_the_policy_option_puts_the_shared_refresh_token_in_grant_shared(h
         )
     assert shared["refresh_token"] not in dump
     assert {r.endpoint_id: r.token_enc is not None for r in rows} == {ep_a: True, ep_b: False}
+    assert all(r.token_enc.startswith("v2.") for r in rows if r.token_enc)  # under the lender's data key
 
     async with worker_running(h.runtime):
         await wait_until(lambda: len(receiver.events()) >= 2)
@@ -311,14 +267,17 @@ async def test_redeliver_all_dead_lettered(h):
 
 
 async def test_two_workers_with_their_own_engines_never_post_one_delivery_at_once(h):
-    h.receiver.respond = lambda _n, _r: Reply(200, delay=0.05)  # slow enough for the workers to overlap
+    h.receiver.respond = lambda _n, _r: Reply(200, delay=0.1)  # slow enough for the workers to overlap
     endpoint_id, _ = await h.endpoint(h.receiver.url, client_id=h.world.partner_a.client_id)
     total = 40
     for _ in range(total):
         await h.share(h.world.urn_a)
     first, second = build_runtime(h.settings), build_runtime(h.settings)
     try:
-        config = fast_config(concurrency=10)
+        for warm in (first, second):  # connect both before either starts, so both get a share
+            async with warm.sessions() as session:
+                await session.execute(text("SELECT 1"))
+        config = fast_config(concurrency=5)
         async with worker_running(first, config) as one, worker_running(second, config) as two:
             await wait_until(lambda: len(h.receiver.events()) >= total, within=20)
             rows = await wait_until(lambda: h.rows(endpoint_id, "delivered"))

@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from broker.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from broker.webhooks import service as webhooks
 from broker.webhooks.delivery import DeliveryWorker, WorkerConfig
+from tests.oauth_helpers import EXCHANGE, MULTI, build_world, token_ok
 
 
 @dataclass(frozen=True)
@@ -218,3 +219,52 @@ async def delete_endpoints(runtime: Any, endpoint_ids: list[uuid.UUID]) -> None:
     if endpoint_ids:
         async with runtime.sessions() as session, session.begin():
             await session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id.in_(endpoint_ids)))
+
+
+@dataclass
+class Hooks:
+    """What a webhook test needs: the app client, the test runtime, a world, a receiver, and endpoints."""
+
+    client: Any
+    runtime: Any
+    settings: Any
+    sessions: Any
+    make_tenant: Any
+    world: Any
+    receiver: Receiver
+    created: list[uuid.UUID] = field(default_factory=list)
+
+    async def endpoint(self, url: str, **kwargs: Any) -> tuple[uuid.UUID, str]:
+        endpoint_id, secret = await make_endpoint(self.runtime, url, **kwargs)
+        self.created.append(endpoint_id)
+        return endpoint_id, secret
+
+    async def share(self, audience: str, client: Any = None) -> dict[str, Any]:
+        return await token_ok(
+            client or self.client,
+            self.world.lender,
+            grant_type=EXCHANGE,
+            subject_token=self.world.user["user_id"],
+            subject_token_type=MULTI,
+            audience=audience,
+        )
+
+    async def rows(self, endpoint_id: uuid.UUID, status: str | None = None) -> list[WebhookDelivery] | None:
+        """The endpoint's deliveries; with ``status``, only once every one has it (else None)."""
+        found = await deliveries(self.runtime, endpoint_id)
+        if status is None:
+            return found
+        return found if found and all(r.status == status for r in found) else None
+
+
+@contextlib.asynccontextmanager
+async def open_hooks(client: Any, runtime: Any, settings: Any, sessions: Any, make_tenant: Any) -> AsyncIterator[Hooks]:
+    """A :class:`Hooks` for one test; its endpoints (and their outbox rows) are deleted afterwards."""
+    receiver = Receiver().start()
+    world = await build_world(client, sessions, make_tenant)
+    hooks = Hooks(client, runtime, settings, sessions, make_tenant, world, receiver)
+    try:
+        yield hooks
+    finally:
+        receiver.close()
+        await delete_endpoints(runtime, hooks.created)

@@ -27,7 +27,7 @@ import json
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +36,13 @@ import structlog
 
 from broker import __version__
 from broker.crypto import envelope
+from broker.keys import sealing
 from broker.webhooks import outbox, repository, safety, signing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.context import Runtime
     from broker.settings import Settings
@@ -89,6 +92,15 @@ class WorkerConfig:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed delivery and its refresh token, opened in the claim's transaction (never stored plain)."""
+
+    claimed: repository.ClaimedDelivery
+    token: str | None = field(default=None, repr=False)
+    token_unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,7 +207,10 @@ class DeliveryWorker:
     async def _claim(self, limit: int) -> int:
         try:
             async with self.runtime.sessions() as session, session.begin():
-                jobs = await repository.claim_due(session, limit=limit, lease=timedelta(seconds=self.config.lease))
+                lease = timedelta(seconds=self.config.lease)
+                jobs = [
+                    await self._open(session, c) for c in await repository.claim_due(session, limit=limit, lease=lease)
+                ]
         except Exception as exc:  # noqa: BLE001 - the database may be away; keep the loop alive
             log.warning("webhook claim failed", error=type(exc).__name__, detail=str(exc)[:MAX_ERROR_CHARS])
             return 0
@@ -204,6 +219,16 @@ class DeliveryWorker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(jobs)
+
+    async def _open(self, session: AsyncSession, claimed: repository.ClaimedDelivery) -> Job:
+        if claimed.token_enc is None:
+            return Job(claimed)
+        aad = outbox.token_aad(claimed.tenant_id, claimed.id)
+        try:
+            token = await sealing.open_(session, self.runtime.ring, claimed.token_enc, aad)
+        except envelope.EnvelopeError:  # e.g. the owner's data key was shredded: the token is gone
+            return Job(claimed, token_unreadable=True)
+        return Job(claimed, token.decode())
 
     def _signing_secrets(self, job: repository.ClaimedDelivery) -> list[str]:
         ring = self.runtime.ring
@@ -215,20 +240,18 @@ class DeliveryWorker:
             found.append(envelope.open_(ring, job.previous_secret_enc, previous_aad).decode())
         return found
 
-    async def _post(self, job: repository.ClaimedDelivery) -> Outcome:
+    async def _post(self, opened: Job) -> Outcome:
+        job = opened.claimed
         try:
             safety.check_url(job.url, allow_http=self.config.allow_http)
-            token = None
-            if job.token_enc is not None:
-                token = envelope.open_(
-                    self.runtime.ring, job.token_enc, outbox.token_aad(job.tenant_id, job.id)
-                ).decode()
-            body = render_body(job, token)
+            if opened.token_unreadable:
+                return Outcome(None, None, "the shared refresh token no longer opens (its data key is gone)")
+            body = render_body(job, opened.token)
             headers = signing.headers(job.event_id, int(time.time()), body, self._signing_secrets(job))
         except safety.UnsafeTarget as exc:
             return Outcome(None, None, f"refused: {exc}")
         except envelope.EnvelopeError:
-            return Outcome(None, None, "a sealed secret or token does not open under the key ring")
+            return Outcome(None, None, "the endpoint's signing secret does not open under the key ring")
         try:
             async with self._client().stream("POST", job.url, content=body, headers=headers) as response:
                 text = await _read_limited(response)
@@ -238,16 +261,16 @@ class DeliveryWorker:
         except httpx.HTTPError as exc:
             return Outcome(None, None, (f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS])
 
-    async def _deliver(self, job: repository.ClaimedDelivery) -> None:
+    async def _deliver(self, opened: Job) -> None:
         attempted_at = datetime.now(UTC)
         started = time.perf_counter()
         try:
-            outcome = await self._post(job)
+            outcome = await self._post(opened)
         except Exception as exc:  # a bug must not kill the worker; the attempt is kept
-            log.exception("webhook delivery crashed", delivery_id=str(job.id))
+            log.exception("webhook delivery crashed", delivery_id=str(opened.claimed.id))
             outcome = Outcome(None, None, f"internal error: {type(exc).__name__}")
         duration_ms = int((time.perf_counter() - started) * 1000)
-        await self._record(job, outcome, attempted_at, duration_ms)
+        await self._record(opened.claimed, outcome, attempted_at, duration_ms)
 
     async def _record(
         self, job: repository.ClaimedDelivery, outcome: Outcome, attempted_at: datetime, duration_ms: int

@@ -10,8 +10,9 @@ Invariants:
       on every retry, so a receiver can de-duplicate.
     * A payload is ``{"type", "timestamp", "data"}`` and never holds a token or secret. The one
       exception is opt-in: when the audience policy says so, ``grant.shared`` carries the shared refresh
-      token, which is stored only sealed (AES-256-GCM, AAD bound to the delivery row and its recipient)
-      in ``token_enc`` and added to the body when it is sent.
+      token, which is stored only sealed in ``token_enc`` — under the data key of the tenant that owns
+      the grant (so crypto-shredding that tenant makes the copy unreadable too), AAD bound to the
+      delivery row and its recipient — and added to the body when it is sent.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from broker.crypto import envelope
+from broker.keys import sealing
 from broker.webhooks import repository
 
 if TYPE_CHECKING:
@@ -84,6 +86,7 @@ async def enqueue(
     grant_ids: Sequence[uuid.UUID] = (),
     user: tuple[uuid.UUID, uuid.UUID] | None = None,
     extras: Mapping[uuid.UUID, Extra] | None = None,
+    data_owner: uuid.UUID | None = None,
     occurred_at: datetime | None = None,
 ) -> int:
     """Write ``event_type`` to the outbox for every subscribed endpoint of every recipient.
@@ -91,7 +94,8 @@ async def enqueue(
     Recipients are ``tenant_ids``, the holders and active parties of ``grant_ids``, and the holders and
     parties of every grant of ``user`` (``(owner tenant_id, user_pk)``); see
     :func:`repository.subscribers`. Each recipient's copy has ``data`` plus ``recipient`` (its client
-    id) plus its :class:`Extra`. Runs inside the caller's transaction.
+    id) plus its :class:`Extra`; a refresh token in an :class:`Extra` is sealed under ``data_owner``'s
+    data key. Runs inside the caller's transaction.
 
     Returns:
         The number of delivery rows written.
@@ -111,7 +115,11 @@ async def enqueue(
         delivery_id = uuid.uuid4()
         token_enc = None
         if extra.refresh_token is not None:
-            token_enc = envelope.seal(ring, extra.refresh_token.encode(), token_aad(subscriber.tenant_id, delivery_id))
+            if data_owner is None:
+                msg = "a token in an event needs the tenant whose data key seals it"
+                raise ValueError(msg)
+            aad = token_aad(subscriber.tenant_id, delivery_id)
+            token_enc = await sealing.seal(session, ring, data_owner, extra.refresh_token.encode(), aad)
         rows.append(
             {
                 "id": delivery_id,
@@ -135,6 +143,7 @@ async def grant_shared(
     ring: KeyRing,
     *,
     grant_id: uuid.UUID,
+    owner_tenant_id: uuid.UUID,
     kind: str,
     requester: str,
     audience: str,
@@ -149,7 +158,7 @@ async def grant_shared(
 
     ``parties`` are ``(tenant_id, via)`` pairs, ``via`` being the audience entry that made the tenant a
     party. Parties in ``include_token_for`` (their audience policy opted in) also receive the shared
-    refresh token, sealed in the outbox until it is sent.
+    refresh token, sealed in the outbox (under ``owner_tenant_id``'s data key) until it is sent.
     """
     extras: dict[uuid.UUID, Extra] = {}
     for tenant_id, via in parties:
@@ -166,8 +175,9 @@ async def grant_shared(
         "scope": " ".join(scope),
         "user_id": user_id,
     }
+    recipients = [tenant_id for tenant_id, _ in parties]
     return await enqueue(
-        session, ring, GRANT_SHARED, data, tenant_ids=[tenant_id for tenant_id, _ in parties], extras=extras
+        session, ring, GRANT_SHARED, data, tenant_ids=recipients, extras=extras, data_owner=owner_tenant_id
     )
 
 

@@ -411,3 +411,43 @@ async def requeue_dead(session: AsyncSession, *, endpoint_id: uuid.UUID | None) 
         .execution_options(synchronize_session=False)
     )
     return len(result.all())
+
+
+# --- key ring maintenance ------------------------------------------------------------------------------
+
+
+async def secret_key_ids(session: AsyncSession) -> dict[str, int]:
+    """How many sealed signing secrets (current and previous) each ring key id protects."""
+    kid = func.split_part(WebhookEndpoint.secret_enc, ".", 2)
+    previous = func.split_part(WebhookEndpoint.previous_secret_enc, ".", 2)
+    current_rows = (await session.execute(select(kid, func.count()).group_by(kid))).all()
+    previous_rows = (
+        await session.execute(
+            select(previous, func.count()).where(WebhookEndpoint.previous_secret_enc.is_not(None)).group_by(previous)
+        )
+    ).all()
+    counts: dict[str, int] = {}
+    for key_id, count in [*current_rows, *previous_rows]:
+        counts[str(key_id)] = counts.get(str(key_id), 0) + int(count)
+    return counts
+
+
+async def endpoints_not_under(session: AsyncSession, kid: str, *, limit: int) -> list[WebhookEndpoint]:
+    """Up to ``limit`` endpoints with a secret sealed under another key than ``kid``, locked, skipping locked."""
+    prefix = f"v1.{kid}."
+    query = (
+        select(WebhookEndpoint)
+        .where(
+            or_(
+                ~WebhookEndpoint.secret_enc.startswith(prefix, autoescape=True),
+                and_(
+                    WebhookEndpoint.previous_secret_enc.is_not(None),
+                    ~WebhookEndpoint.previous_secret_enc.startswith(prefix, autoescape=True),
+                ),
+            )
+        )
+        .order_by(WebhookEndpoint.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(query.execution_options(populate_existing=True))).scalars())

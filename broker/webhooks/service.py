@@ -483,3 +483,34 @@ async def redeliver_dead(session: AsyncSession, *, endpoint_id: str | None, acto
         detail={"endpoint_id": endpoint_id, "count": count},
     )
     return count
+
+
+# --- key ring maintenance (for ``broker keys status`` / ``reencrypt``) ---------------------------------
+
+
+async def secret_key_usage(session: AsyncSession) -> dict[str, int]:
+    """How many endpoint signing secrets each ring key id protects (a key in use must not be retired)."""
+    return await repository.secret_key_ids(session)
+
+
+async def reencrypt_secrets(session: AsyncSession, ring: KeyRing, *, batch: int = 500) -> int:
+    """Reseal up to ``batch`` endpoint secrets under the ring's active key; return how many were moved.
+
+    Call repeatedly (each call in its own transaction) until it returns 0. Rows are locked and locked
+    rows skipped, so it may run beside traffic and on several replicas.
+    """
+    kid, _ = ring.active
+    moved = 0
+    for endpoint in await repository.endpoints_not_under(session, kid, limit=batch):
+        owner_id = _owner_id(endpoint)
+        values: dict[str, Any] = {}
+        for column, previous in (("secret_enc", False), ("previous_secret_enc", True)):
+            sealed = getattr(endpoint, column)
+            if sealed is None or envelope.key_id_of(sealed) == kid:
+                continue
+            aad = outbox.endpoint_secret_aad(owner_id, endpoint.id, previous=previous)
+            values[column] = envelope.seal(ring, envelope.open_(ring, sealed, aad), aad)
+        if values:
+            await repository.update_endpoint(session, endpoint.id, values)
+            moved += 1
+    return moved

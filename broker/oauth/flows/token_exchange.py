@@ -249,6 +249,7 @@ class TokenExchangeFlow(Flow):
                 session,
                 runtime.ring,
                 grant_id=issued.grant_id,
+                owner_tenant_id=new.tenant_id,
                 kind=new.kind,
                 requester=request.client.client_id,
                 audience=new.audience,
