@@ -1,6 +1,7 @@
 -- One wrk driver for every scenario of bench/run.py, configured by environment variables:
 --
---   BENCH_PATH       request path (POST, form-encoded body)
+--   BENCH_PATH       request path
+--   BENCH_METHOD     GET or POST (default; the body is form-encoded)
 --   BENCH_BODY       body template; "{token}" is replaced by the next pool entry (URL-encoded)
 --   BENCH_POOL       pool file prefix: thread N reads "<prefix>.N", one entry per line
 --   BENCH_POOL_MODE  "once": every entry is used once, and the thread stops when its pool runs out
@@ -15,6 +16,7 @@
 -- done() prints one line "BENCH_RESULT {json}" that bench/run.py parses.
 
 local path = os.getenv("BENCH_PATH") or "/oauth/token"
+local method = os.getenv("BENCH_METHOD") or "POST"
 local template = os.getenv("BENCH_BODY") or ""
 local before, after = template, nil
 local hole = template:find("{token}", 1, true)
@@ -91,6 +93,9 @@ function request()
       position = 1
     end
     body = before .. pool[position] .. (after or "")
+  end
+  if method == "GET" then
+    return wrk.format("GET", path)
   end
   return wrk.format("POST", path, headers, body)
 end

@@ -150,6 +150,7 @@ class Load:
     seconds: float | None = None
     floor: str | None = "issue"
     record: bool = True
+    method: str = "POST"
 
 
 class Bench:
@@ -166,6 +167,10 @@ class Bench:
         self._files = 0
 
     # ------------------------------------------------------------------ tools
+
+    def _sessions(self) -> int:
+        """Connections ever opened to the database: growth during a run is connection-pool churn."""
+        return int(self.database.scalar("SELECT sessions FROM pg_stat_database WHERE datname = current_database()"))
 
     def _threads(self, connections: int) -> int:
         return min(self.config.threads, connections)
@@ -198,7 +203,7 @@ class Bench:
         return result
 
     def _wrk_env(self, scenario: Load, threads: int) -> tuple[dict[str, str], str | None]:
-        env = {"BENCH_PATH": scenario.path, "BENCH_BODY": scenario.body}
+        env = {"BENCH_PATH": scenario.path, "BENCH_BODY": scenario.body, "BENCH_METHOD": scenario.method}
         if scenario.pool is not None:
             env["BENCH_POOL"] = self._write_pool(scenario.pool, threads)
             env["BENCH_POOL_MODE"] = "once" if scenario.once else "cycle"
@@ -224,8 +229,10 @@ class Bench:
         command = [tool("wrk"), "-t", str(threads), "-c", str(connections), "-d", f"{duration}s"]
         command += ["--timeout", "5s", "-s", str(BENCH / "load.lua"), self.server.url]
         sampler = Sampler(self.server, self.database.name)
+        sessions = self._sessions()
         with sampler.measure() as usage:
             out = run_tool(command, timeout=duration + 60, env=env, done=done)
+        opened = self._sessions() - sessions - 1  # less the connection that asks
         raw = json.loads(next(line for line in out.splitlines() if line.startswith("BENCH_RESULT "))[13:])
         elapsed = raw["duration_us"] / 1e6
         result = Result(
@@ -240,6 +247,8 @@ class Bench:
         )
         if raw["exhausted"]:
             result.notes.append(f"pool used up after {elapsed:.1f}s")
+        if opened > 0:
+            result.notes.append(f"{opened} new database connections")
         if scenario.record:
             self._record(result, usage, scenario.floor)
         return result, _read_pairs(capture_prefix, threads)
@@ -381,6 +390,9 @@ def standard_run(bench: Bench) -> None:
     bench.pgbench("floor: issue as 1 statement", "issue1", top, "floor_issue_single.sql", record_floor=False)
     for connections in levels:
         bench.pgbench("floor: introspection read", "read", connections, "floor_read.sql")
+    http = Load("floor: HTTP (GET /healthz, no SQL)", "/healthz", "", method="GET", expect='"ok"', floor=None)
+    for connections in levels:
+        bench.wrk(connections, http)
     access_pool = [access for access, _ in bench.mint(INTROSPECTION_POOL, top, 100)]  # also warms every worker
     issued = run_client_credentials(bench)
     if "refresh_token" in wanted:
