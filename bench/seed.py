@@ -163,25 +163,28 @@ FROM seed
 """
 
 
-def seed_tokens(database: Database, world: World, upto: int) -> float:
-    """Add seeded grants (each with its tokens and audit event) until there are ``upto``; return seconds."""
-    started = time.monotonic()
+def seed_statements(world: World, first: int, last: int) -> list[tuple[str, tuple[object, ...]]]:
+    """The statements (one connection, in order) that add seeded grants ``first`` to ``last``."""
     customers = [world.lender, *world.fillers]
     tenant_ids = [c.tenant_id for c in customers]
     client_ids = [c.client_id for c in customers]
+    return [
+        (_STAGE, (first, last, tenant_ids, client_ids)),
+        (_GRANTS, (world.partner_a.tenant_id, world.user_pks)),
+        (_PREDECESSORS, ()),
+        (_REFRESH, ()),
+        (_ACCESS, ()),
+        (_AUDIT, ()),
+        ("DROP TABLE seed", ()),
+    ]
+
+
+def seed_tokens(database: Database, world: World, upto: int) -> float:
+    """Add seeded grants (each with its tokens and audit event) until there are ``upto``; return seconds."""
+    started = time.monotonic()
     while world.seeded < upto:
-        first, last = world.seeded + 1, min(upto, world.seeded + SEED_BATCH)
-        database.script(
-            [
-                (_STAGE, (first, last, tenant_ids, client_ids)),
-                (_GRANTS, (world.partner_a.tenant_id, world.user_pks)),
-                (_PREDECESSORS, ()),
-                (_REFRESH, ()),
-                (_ACCESS, ()),
-                (_AUDIT, ()),
-                ("DROP TABLE seed", ()),
-            ]
-        )
+        last = min(upto, world.seeded + SEED_BATCH)
+        database.script(seed_statements(world, world.seeded + 1, last))
         world.seeded = last
     settle(database)
     return time.monotonic() - started
@@ -233,16 +236,21 @@ FROM tree
 )
 
 
+def tree_statements(
+    world: World, root_grant_id: str, *, tag: str, width: int, per_child: int
+) -> list[tuple[str, tuple[object, ...]]]:
+    """The statements that insert ``width * (1 + per_child)`` descendants under ``root_grant_id``."""
+    owner, holder = world.tree_owner, world.partner_a
+    return [
+        (_TREE, (root_grant_id, tag, width, per_child)),
+        (_TREE_GRANTS, (owner.tenant_id, holder.tenant_id, holder.client_id)),
+        (_TREE_TOKENS[0], (owner.tenant_id,)),
+        (_TREE_TOKENS[1], (owner.tenant_id,)),
+        ("DROP TABLE tree", ()),
+    ]
+
+
 def build_tree(database: Database, world: World, root_grant_id: str, *, tag: str, width: int, per_child: int) -> int:
     """Insert ``width * (1 + per_child)`` descendants under ``root_grant_id``; return how many."""
-    owner, holder = world.tree_owner, world.partner_a
-    database.script(
-        [
-            (_TREE, (root_grant_id, tag, width, per_child)),
-            (_TREE_GRANTS, (owner.tenant_id, holder.tenant_id, holder.client_id)),
-            (_TREE_TOKENS[0], (owner.tenant_id,)),
-            (_TREE_TOKENS[1], (owner.tenant_id,)),
-            ("DROP TABLE tree", ()),
-        ]
-    )
+    database.script(tree_statements(world, root_grant_id, tag=tag, width=width, per_child=per_child))
     return width * (1 + per_child)
