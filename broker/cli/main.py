@@ -12,6 +12,7 @@ from broker import errors
 from broker.admin_keys import service as admin_keys
 from broker.cli import audit as audit_cli
 from broker.cli import bootstrap
+from broker.cli import check as check_cli
 from broker.cli import demo as demo_world
 from broker.cli import keys as keys_cli
 from broker.cli import secrets as secrets_cli
@@ -228,6 +229,7 @@ def demo(as_json: bool) -> None:
 
 
 cli.add_command(keys_cli.keys)
+cli.add_command(check_cli.check)
 cli.add_command(audit_cli.audit)
 admin.add_command(secrets_cli.list_keys)
 admin.add_command(secrets_cli.revoke_key)
