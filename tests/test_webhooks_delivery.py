@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -311,19 +311,23 @@ async def test_a_claimed_delivery_is_never_claimed_twice_until_its_lease_expires
     assert len(again) == 1  # the lease expired (the first claimer "died")
     assert again[0].id == first[0].id
     assert again[0].claim_id != first[0].claim_id
-    # the late first claimer cannot overwrite the new claim's outcome
+    # the late first claimer cannot overwrite the new claim's outcome (its attempt is still kept)
+    late = repository.Recorded(
+        delivery_id=first[0].id,
+        claim_id=first[0].claim_id,
+        attempted_at=datetime.now(UTC),
+        duration_ms=5,
+        status_code=200,
+        response_body="ok",
+        error=None,
+        status="delivered",
+        failures=0,
+        retry_in=None,
+    )
     async with h.runtime.sessions() as session, session.begin():
-        kept = await repository.finish(
-            session,
-            first[0].id,
-            first[0].claim_id,
-            status="delivered",
-            failures=0,
-            retry_in=None,
-            status_code=200,
-            error=None,
-        )
-    assert kept is False
+        released = await repository.record(session, [late])
+    assert released == set()
+    assert [a.status_code for a in await attempts(h.runtime, first[0].id)] == [200]
     (row,) = await h.rows(endpoint_id)
     assert row.status == "pending"
     assert row.attempt_count == 2

@@ -6,7 +6,8 @@ Runs inside every ``broker serve`` process (started by the app's lifespan) and a
 1. claim (short transaction): lease due rows with ``FOR UPDATE SKIP LOCKED`` (:func:`repository.claim_due`);
 2. post (no session): sign per Standard Webhooks with the endpoint's secret(s), ``follow_redirects``
    off, a timeout, and at most a few KiB of the response read;
-3. record (short transaction): keep the attempt and release the lease with the outcome.
+3. record (short transaction): keep the attempt and release the lease with the outcome (finished
+   attempts are recorded together, a few at a time, see :class:`DeliveryWorker`).
 
 Guarantees:
     * At-least-once: a row leaves ``pending`` only when a 2xx was recorded or retries ran out. A worker
@@ -29,7 +30,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import structlog
@@ -52,6 +53,8 @@ log = structlog.get_logger("broker.webhooks")
 MAX_RESPONSE_CHARS = 2048
 MAX_RESPONSE_BYTES = 4 * MAX_RESPONSE_CHARS
 MAX_ERROR_CHARS = 500
+MAX_RECORD_DELAY_SECONDS = 0.5
+"""A finished attempt is recorded within this long (well inside any lease)."""
 USER_AGENT = f"broker-webhooks/{__version__}"
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 
@@ -134,7 +137,13 @@ def render_body(job: repository.ClaimedDelivery, token: str | None) -> bytes:
 
 
 class DeliveryWorker:
-    """Delivers the outbox. One per process; any number of processes may run against one database."""
+    """Delivers the outbox. One per process; any number of processes may run against one database.
+
+    Up to ``concurrency`` posts are in flight. Finished attempts are recorded in batches: before each
+    claim, and within :data:`MAX_RECORD_DELAY_SECONDS` otherwise. Claims wait for a quarter of the slots
+    to free up while posts are in flight, so a backlog is drained with one claim and one record
+    transaction per several events rather than per event.
+    """
 
     def __init__(
         self,
@@ -148,6 +157,8 @@ class DeliveryWorker:
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: list[tuple[repository.ClaimedDelivery, Outcome, repository.Recorded]] = []
+        self._claim_batch = max(1, self.config.concurrency // 4)
         self.delivered = 0
         self.failed = 0
 
@@ -167,16 +178,28 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then let in-flight posts finish (up to the HTTP timeout)."""
         log.info("webhook worker started", concurrency=self.config.concurrency)
+        last_claim = last_flush = -float("inf")
+        flush_every = min(self.config.poll, MAX_RECORD_DELAY_SECONDS)
         try:
             while not stop.is_set():
                 free = self.config.concurrency - len(self._tasks)
-                claimed = await self._claim(free) if free > 0 else 0
-                if free > 0 and claimed == free:
-                    continue  # more may be due right now
+                now = time.monotonic()
+                claim = free > 0 and (
+                    free >= self._claim_batch or not self._tasks or now - last_claim >= self.config.poll
+                )
+                if self._finished and (claim or now - last_flush >= flush_every):
+                    await self._flush()
+                    last_flush = now
+                if claim:
+                    claimed = await self._claim(free)
+                    last_claim = now
+                    if claimed == free:
+                        continue  # the outbox may hold more: claim again as slots free up
                 stopped = asyncio.ensure_future(stop.wait())
-                waiters: set[asyncio.Future[Any]] = {stopped, *(self._tasks if free == 0 else ())}
                 try:
-                    await asyncio.wait(waiters, timeout=self.config.poll, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {stopped, *self._tasks}, timeout=self.config.poll, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     stopped.cancel()
         finally:
@@ -184,10 +207,12 @@ class DeliveryWorker:
             log.info("webhook worker stopped", delivered=self.delivered, failed=self.failed)
 
     async def run_once(self) -> int:
-        """Claim what is due now (up to the concurrency), deliver it and wait; return how many were claimed."""
+        """Claim what is due now (up to the concurrency), deliver and record it; return how many were claimed."""
+        await self._flush()
         claimed = await self._claim(self.config.concurrency)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flush()
         return claimed
 
     async def aclose(self) -> None:
@@ -202,6 +227,7 @@ class DeliveryWorker:
             for task in pending:
                 task.cancel()  # its lease expires and another worker retries it
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._flush()
         await self.aclose()
 
     async def _claim(self, limit: int) -> int:
@@ -262,53 +288,53 @@ class DeliveryWorker:
             return Outcome(None, None, (f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS])
 
     async def _deliver(self, opened: Job) -> None:
+        job = opened.claimed
         attempted_at = datetime.now(UTC)
         started = time.perf_counter()
         try:
             outcome = await self._post(opened)
         except Exception as exc:  # a bug must not kill the worker; the attempt is kept
-            log.exception("webhook delivery crashed", delivery_id=str(opened.claimed.id))
+            log.exception("webhook delivery crashed", delivery_id=str(job.id))
             outcome = Outcome(None, None, f"internal error: {type(exc).__name__}")
         duration_ms = int((time.perf_counter() - started) * 1000)
-        await self._record(opened.claimed, outcome, attempted_at, duration_ms)
-
-    async def _record(
-        self, job: repository.ClaimedDelivery, outcome: Outcome, attempted_at: datetime, duration_ms: int
-    ) -> None:
         failures = 0 if outcome.succeeded else job.failures + 1
+        retry_in = None
         if outcome.succeeded:
-            status, retry_in = "delivered", None
+            status = "delivered"
         elif failures >= self.config.max_attempts:
-            status, retry_in = "dead", None
+            status = "dead"
         else:
-            status, retry_in = "pending", timedelta(seconds=self.config.backoff(failures, outcome.retry_after))
+            status, retry_in = "pending", self.config.backoff(failures, outcome.retry_after)
+        recorded = repository.Recorded(
+            delivery_id=job.id,
+            claim_id=job.claim_id,
+            attempted_at=attempted_at,
+            duration_ms=duration_ms,
+            status_code=outcome.status_code,
+            response_body=outcome.response_body,
+            error=outcome.error,
+            status=status,
+            failures=failures,
+            retry_in=retry_in,
+        )
+        self._finished.append((job, outcome, recorded))
+
+    async def _flush(self) -> None:
+        """Record every finished attempt in one transaction (kept for the next flush if it fails)."""
+        if not self._finished:
+            return
+        batch, self._finished = self._finished, []
         try:
             async with self.runtime.sessions() as session, session.begin():
-                await repository.record_attempt(
-                    session,
-                    job.id,
-                    attempted_at=attempted_at,
-                    duration_ms=duration_ms,
-                    status_code=outcome.status_code,
-                    response_body=outcome.response_body,
-                    error=outcome.error,
-                )
-                kept = await repository.finish(
-                    session,
-                    job.id,
-                    job.claim_id,
-                    status=status,
-                    failures=failures,
-                    retry_in=retry_in,
-                    status_code=outcome.status_code,
-                    error=outcome.error,
-                )
-        except Exception as exc:  # noqa: BLE001 - the lease expires and the row is tried again
-            log.warning("webhook record failed", delivery_id=str(job.id), error=type(exc).__name__)
+                released = await repository.record(session, [recorded for _, _, recorded in batch])
+        except Exception as exc:  # noqa: BLE001 - retried at the next flush; meanwhile the leases hold
+            log.warning("webhook record failed", error=type(exc).__name__, pending=len(batch))
+            self._finished = batch + self._finished
             return
-        if outcome.succeeded:
-            self.delivered += 1
-        else:
+        for job, outcome, recorded in batch:
+            if outcome.succeeded:
+                self.delivered += 1
+                continue
             self.failed += 1
             log.warning(
                 "webhook delivery failed",
@@ -317,9 +343,9 @@ class DeliveryWorker:
                 event_type=job.event_type,
                 status_code=outcome.status_code,
                 error=outcome.error,
-                failures=failures,
-                next_status=status,
-                claim_kept=kept,
+                failures=recorded.failures,
+                next_status=recorded.status,
+                claim_kept=job.id in released,
             )
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    Float,
     Integer,
     Interval,
     Text,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     union,
     union_all,
     update,
@@ -276,66 +278,106 @@ async def claim_due(session: AsyncSession, *, limit: int, lease: timedelta) -> l
     return [ClaimedDelivery(row[0], claim_id, *row[1:]) for row in rows]
 
 
-async def record_attempt(
-    session: AsyncSession,
-    delivery_id: uuid.UUID,
-    *,
-    attempted_at: datetime,
-    duration_ms: int,
-    status_code: int | None,
-    response_body: str | None,
-    error: str | None,
-) -> None:
-    """Keep one attempt (skipped when the delivery was deleted meanwhile)."""
-    await session.execute(
-        insert(WebhookAttempt).from_select(
-            ["delivery_id", "attempted_at", "duration_ms", "status_code", "response_body", "error"],
-            select(
-                WebhookDelivery.id,
-                literal(attempted_at, TIMESTAMP(timezone=True)),
-                literal(duration_ms, Integer()),
-                literal(status_code, Integer()),
-                literal(response_body, Text()),
-                literal(error, Text()),
-            ).where(WebhookDelivery.id == delivery_id),
-        )
-    )
+@dataclass(frozen=True)
+class Recorded:
+    """The outcome of one attempt, to keep and to release its claim with.
 
-
-async def finish(
-    session: AsyncSession,
-    delivery_id: uuid.UUID,
-    claim_id: uuid.UUID,
-    *,
-    status: str,
-    failures: int,
-    retry_in: timedelta | None,
-    status_code: int | None,
-    error: str | None,
-) -> bool:
-    """Release a claim with the attempt's outcome; False when the claim was lost (lease expired, redelivered).
-
-    ``status`` is ``delivered``, ``dead`` or ``pending`` (then due again after ``retry_in``).
+    ``status`` is ``delivered``, ``dead`` or ``pending`` (then due again after ``retry_in`` seconds).
     """
-    values: dict[str, Any] = {
-        "status": status,
-        "failures": failures,
-        "locked_until": None,
-        "claim_id": None,
-        "last_status_code": status_code,
-        "last_error": error,
-    }
-    if status == "delivered":
-        values["delivered_at"] = func.now()
-    if retry_in is not None:
-        values["next_attempt_at"] = func.now() + bindparam("retry_in", retry_in, type_=Interval())
-    result = await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claim_id == claim_id)
-        .values(**values)
-        .returning(WebhookDelivery.id)
+
+    delivery_id: uuid.UUID
+    claim_id: uuid.UUID
+    attempted_at: datetime
+    duration_ms: int
+    status_code: int | None
+    response_body: str | None
+    error: str | None
+    status: str
+    failures: int
+    retry_in: float | None
+
+
+_KEEP_ATTEMPTS = text(
+    """
+    INSERT INTO webhook_attempts (delivery_id, attempted_at, duration_ms, status_code, response_body, error)
+    SELECT a.delivery_id, a.attempted_at, a.duration_ms, a.status_code, a.response_body, a.error
+    FROM unnest(:ids, :attempted_at, :duration_ms, :status_code, :response_body, :error)
+         AS a(delivery_id, attempted_at, duration_ms, status_code, response_body, error)
+    JOIN webhook_deliveries d ON d.id = a.delivery_id
+    """
+).bindparams(
+    bindparam("ids", type_=ARRAY(Uuid())),
+    bindparam("attempted_at", type_=ARRAY(TIMESTAMP(timezone=True))),
+    bindparam("duration_ms", type_=ARRAY(Integer())),
+    bindparam("status_code", type_=ARRAY(Integer())),
+    bindparam("response_body", type_=ARRAY(Text())),
+    bindparam("error", type_=ARRAY(Text())),
+)
+
+_RELEASE = text(
+    """
+    UPDATE webhook_deliveries d
+    SET status = v.status,
+        failures = v.failures,
+        locked_until = NULL,
+        claim_id = NULL,
+        last_status_code = v.status_code,
+        last_error = v.error,
+        delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE d.delivered_at END,
+        next_attempt_at = CASE
+            WHEN v.retry_in IS NULL THEN d.next_attempt_at
+            ELSE now() + make_interval(secs => v.retry_in)
+        END
+    FROM unnest(:ids, :claims, :status, :failures, :retry_in, :status_code, :error)
+         AS v(id, claim_id, status, failures, retry_in, status_code, error)
+    WHERE d.id = v.id AND d.claim_id = v.claim_id
+    RETURNING d.id
+    """
+).bindparams(
+    bindparam("ids", type_=ARRAY(Uuid())),
+    bindparam("claims", type_=ARRAY(Uuid())),
+    bindparam("status", type_=ARRAY(Text())),
+    bindparam("failures", type_=ARRAY(Integer())),
+    bindparam("retry_in", type_=ARRAY(Float())),
+    bindparam("status_code", type_=ARRAY(Integer())),
+    bindparam("error", type_=ARRAY(Text())),
+)
+
+
+async def record(session: AsyncSession, outcomes: Sequence[Recorded]) -> set[uuid.UUID]:
+    """Keep every attempt and release every claim, in two statements whatever the number of outcomes.
+
+    An attempt of a delivery deleted meanwhile (its endpoint was deleted) is dropped. A claim that was
+    lost (the lease expired and another worker claimed the row, or the operator redelivered it) is not
+    released: that worker's outcome will be. Returns the ids whose claim was released.
+    """
+    if not outcomes:
+        return set()
+    ids = [o.delivery_id for o in outcomes]
+    await session.execute(
+        _KEEP_ATTEMPTS,
+        {
+            "ids": ids,
+            "attempted_at": [o.attempted_at for o in outcomes],
+            "duration_ms": [o.duration_ms for o in outcomes],
+            "status_code": [o.status_code for o in outcomes],
+            "response_body": [o.response_body for o in outcomes],
+            "error": [o.error for o in outcomes],
+        },
     )
-    return result.first() is not None
+    result = await session.execute(
+        _RELEASE,
+        {
+            "ids": ids,
+            "claims": [o.claim_id for o in outcomes],
+            "status": [o.status for o in outcomes],
+            "failures": [o.failures for o in outcomes],
+            "retry_in": [o.retry_in for o in outcomes],
+            "status_code": [o.status_code for o in outcomes],
+            "error": [o.error for o in outcomes],
+        },
+    )
+    return set(result.scalars())
 
 
 # --- admin views of the outbox -------------------------------------------------------------------------
