@@ -9,7 +9,6 @@ from litestar import Litestar
 from litestar.datastructures import State  # noqa: TC002 - resolved at runtime by Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: TC002 - resolved at runtime by Litestar
 
 from broker import __version__
@@ -22,7 +21,7 @@ from broker.crypto.keyring import KeyRing
 from broker.db.engine import create_engine, create_sessionmaker
 from broker.grants import routes as grants_routes
 from broker.http import errors as http_errors
-from broker.http import health, ratelimit
+from broker.http import health, openapi, ratelimit
 from broker.http import logging as http_logging
 from broker.keys import routes as keys_routes
 from broker.keys import service as keys_service
@@ -97,7 +96,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version=__version__,
             description="Plaid-compatible multi-party token exchange broker",
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=openapi.render_plugins(),
         ),
         debug=False,
     )

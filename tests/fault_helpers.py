@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,10 +117,17 @@ def running(env: dict[str, str]) -> Iterator[Server]:
         server.stop()
 
 
-def _bin_dir() -> Path:
-    from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415 - pgserver ships the binaries
+def _pgserver() -> Any:
+    with warnings.catch_warnings():  # it warns at import about XDG_RUNTIME_DIR
+        warnings.simplefilter("ignore")
+        import pgserver._commands  # noqa: PLC0415 - pgserver ships the PostgreSQL binaries
+        import pgserver.utils  # noqa: PLC0415
 
-    return Path(POSTGRES_BIN_PATH)
+    return pgserver
+
+
+def _bin_dir() -> Path:
+    return Path(_pgserver()._commands.POSTGRES_BIN_PATH)
 
 
 class PrivatePostgres:
@@ -134,18 +142,13 @@ class PrivatePostgres:
         self.port = free_port()
         self.user: str | None = None
         if os.geteuid() == 0:
-            from pgserver.utils import (  # noqa: PLC0415
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
-
-            entry = ensure_user_exists("pgserver")
+            utils = _pgserver().utils
+            entry = utils.ensure_user_exists("pgserver")
             assert entry is not None
             bin_dir = _bin_dir()
-            ensure_prefix_permissions(bin_dir)
-            ensure_folder_permissions(bin_dir, 0o055)
-            ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
+            utils.ensure_prefix_permissions(bin_dir)
+            utils.ensure_folder_permissions(bin_dir, 0o055)
+            utils.ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
             self.root.chmod(0o755)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
             self.user = "pgserver"

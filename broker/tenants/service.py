@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from broker.http.auth import Credentials
 
 TOUCH_INTERVAL = timedelta(minutes=5)
+FAILURE_FLOOR_SECONDS = 0.02
+"""A failed authentication answers no sooner than this after it began (see :func:`authenticate`)."""
 _DUMMY_HASH = "hmac-sha256$" + "0" * 64
 
 
@@ -218,11 +222,23 @@ async def authenticate(session: AsyncSession, ring: KeyRing, credentials: Creden
 
     Invariants: the secret is compared in constant time against every live secret of the client; an
     unknown client id costs the same comparison, so timing does not reveal which ids exist; a
-    disabled tenant fails exactly like a wrong secret.
+    disabled tenant fails exactly like a wrong secret. A known id still costs the database and the ORM
+    a little more than an unknown one (a row is read), so every failure is answered no sooner than
+    :data:`FAILURE_FLOOR_SECONDS` after the call began: all failures take the same time, whatever
+    failed (tests/test_auth_timing.py), and the success path is not slowed.
 
     Raises:
         InvalidClient: unknown client, wrong secret, or disabled tenant.
     """
+    started = time.monotonic()
+    try:
+        return await _authenticate(session, ring, credentials)
+    except errors.InvalidClient:
+        await asyncio.sleep(FAILURE_FLOOR_SECONDS - (time.monotonic() - started))
+        raise
+
+
+async def _authenticate(session: AsyncSession, ring: KeyRing, credentials: Credentials) -> Tenant:
     async with session.begin():
         rows = await repository.with_live_secrets(session, credentials.client_id)
         matched: tuple[Tenant, ClientSecret] | None = None
