@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check clean install bench bench-growth
+.PHONY: run test lint typecheck check clean install bench bench-growth fuzz chaos
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "broker needs Python 3.11 or newer")'
@@ -39,6 +39,15 @@ bench: $(STAMP)
 bench-growth: $(STAMP)
 	bench/install-tools.sh
 	$(PY) -m bench.run --growth $(BENCH_ARGS)
+
+# Long reliability runs (docs/security.md): schemathesis with 1 000 examples per operation, and the
+# fault tests at full length (5 s database outage, 5 SIGKILL rounds, replicas). Figures are printed.
+fuzz: $(STAMP)
+	BROKER_FUZZ_EXAMPLES=1000 $(PY) -m pytest tests/test_fuzz.py -s --timeout=0 $(PYTEST_ARGS)
+
+chaos: $(STAMP)
+	BROKER_CHAOS_OUTAGE_SECONDS=5 BROKER_CHAOS_ROUNDS=5 $(PY) -m pytest -s --timeout=900 \
+		tests/test_database_outage.py tests/test_crash_recovery.py tests/test_replicas.py tests/test_auth_throttle.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .broker build *.egg-info

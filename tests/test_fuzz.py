@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import hypothesis
 import pytest
+import requests
 import schemathesis
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
@@ -39,6 +40,7 @@ CHECKS = [
     openapi_checks.response_headers_conformance,
 ]
 STATS: dict[str, int] = {"requests": 0, "server_errors": 0}
+SESSION = requests.Session()  # keep-alive: one connection, not one per example
 
 
 async def _credentials(url: str) -> dict[str, str]:
@@ -88,7 +90,7 @@ def _operations() -> list[Any]:
     """Every OAuth, user and admin operation of the document the app serves (built here, as at /schema)."""
     document = openapi.augment(create_app(Settings()).openapi_schema.to_schema())
     loaded = schemathesis.openapi.from_dict(document).include(path_regex=r"^/(oauth|user|admin)/")
-    return [result.ok() for result in loaded.get_all_operations()]
+    return [result.ok() for result in loaded.get_all_operations()]  # type: ignore[union-attr]
 
 
 OPERATIONS = _operations()
@@ -132,7 +134,7 @@ def test_no_operation_answers_5xx_or_breaks_its_documented_contract(
     )
     def fuzz(case: Any) -> None:
         headers = {**(case.headers or {}), **_auth(case.path, fuzz_target["creds"])}
-        response = case.call(base_url=fuzz_target["url"], headers=headers, timeout=30)
+        response = case.call(base_url=fuzz_target["url"], session=SESSION, headers=headers, timeout=30)
         STATS["requests"] += 1
         if response.status_code >= 500:
             STATS["server_errors"] += 1
