@@ -83,6 +83,8 @@ class Result:
     ratio: float | None = None
     peak_rss_mib: float | None = None
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_request: float | None = None
+    """broker's and PostgreSQL's CPU time per request: unlike req/s, barely moved by other load."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -192,6 +194,9 @@ class Bench:
                 "load_tool": used.load_tool,
                 "other": used.other,
             }
+            if result.requests:
+                busy = (used.server + used.postgres) / 100 * result.seconds
+                result.cpu_ms_per_request = round(1000 * busy / result.requests, 3)
             if used.other > NOISY_PERCENT:
                 result.notes.append(f"noisy: other processes used {used.other:.0f}% of a core")
         if floor is not None and (floor, result.connections) in self.floors:
@@ -354,7 +359,7 @@ def _percentile(values: list[int], pct: float) -> float:
 
 HEADER = (
     f"{'scenario':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x floor':>9}"
-    f"{'RSS MiB':>9}  cpu% srv/pg/load/other"
+    f"{'RSS MiB':>9}{'cpu ms/req':>11}  cpu% srv/pg/load/other"
 )
 
 
@@ -362,11 +367,12 @@ def format_row(result: Result) -> str:
     """One table line."""
     ratio = f"{result.ratio:.2f}" if result.ratio is not None else "-"
     rss = f"{result.peak_rss_mib:.0f}" if result.peak_rss_mib else "-"
+    cpu_ms = f"{result.cpu_ms_per_request:.2f}" if result.cpu_ms_per_request is not None else "-"
     cpu = result.cpu_percent
     split = "/".join(f"{cpu.get(k, 0):.0f}" for k in ("server", "postgres", "load_tool", "other")) if cpu else "-"
     line = (
         f"{result.scenario:<34}{result.connections:>6}{result.rps:>10.0f}{result.p50_ms:>9.2f}{result.p99_ms:>9.2f}"
-        f"{result.errors:>8}{ratio:>9}{rss:>9}  {split}"
+        f"{result.errors:>8}{ratio:>9}{rss:>9}{cpu_ms:>11}  {split}"
     )
     return line + (f"  [{'; '.join(result.notes)}]" if result.notes else "")
 
