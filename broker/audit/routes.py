@@ -37,8 +37,8 @@ async def list_events(request: Request[Any, Any, Any], session: SessionDep) -> s
         page, next_after = await events.list_events(
             session,
             flt,
-            limit=_number(query("limit"), "limit") or events.DEFAULT_PAGE_SIZE,
-            after=_number(query("after"), "after"),
+            limit=_number(query("limit"), "limit", events.DEFAULT_PAGE_SIZE),
+            after=_cursor(query("after")),
             descending=order == "desc",
         )
     return schemas.AuditEventPage(
@@ -51,19 +51,23 @@ async def user_ledger(
     user_id: FromPath[str], request: Request[Any, Any, Any], session: SessionDep
 ) -> schemas.LedgerOut:
     user_id = admin.path_param(user_id, "user")
-    limit = _number(admin.query_param(request, "limit"), "limit") or ledger.DEFAULT_PAGE_SIZE
-    after = _number(admin.query_param(request, "after"), "after")
+    limit = _number(admin.query_param(request, "limit"), "limit", ledger.DEFAULT_PAGE_SIZE)
+    after = _cursor(admin.query_param(request, "after"))
     async with session.begin():
         found = await ledger.ledger(session, user_id, limit=limit, after=after)
     return schemas.ledger_out(found)
 
 
-def _number(raw: str | None, name: str) -> int | None:
+def _number(raw: str | None, name: str, default: int) -> int:
     if raw is None:
-        return None
+        return default
     if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_NUMBER_DIGITS:
         raise errors.ValidationFailed(f"{name} must be a non-negative integer")
     return int(raw)
+
+
+def _cursor(raw: str | None) -> int | None:
+    return None if raw is None else _number(raw, "after", 0)
 
 
 def _uuid(raw: str, name: str) -> uuid.UUID:
