@@ -46,8 +46,9 @@ fuzz: $(STAMP)
 	BROKER_FUZZ_EXAMPLES=1000 $(PY) -m pytest tests/test_fuzz.py -s --timeout=0 $(PYTEST_ARGS)
 
 chaos: $(STAMP)
-	BROKER_CHAOS_OUTAGE_SECONDS=5 BROKER_CHAOS_ROUNDS=5 $(PY) -m pytest -s --timeout=900 \
-		tests/test_database_outage.py tests/test_crash_recovery.py tests/test_replicas.py tests/test_auth_throttle.py $(PYTEST_ARGS)
+	BROKER_CHAOS_OUTAGE_SECONDS=5 BROKER_CHAOS_ROUNDS=5 BROKER_CHAOS_PARALLEL=50 BROKER_CHAOS_REFRESH_ROUNDS=20 \
+		$(PY) -m pytest -s --timeout=900 tests/test_database_outage.py tests/test_crash_recovery.py \
+		tests/test_oauth_concurrency.py tests/test_replicas.py tests/test_auth_throttle.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .broker build *.egg-info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import httpx
 from sqlalchemy import func, select
@@ -11,7 +12,9 @@ from broker.crypto import tokens
 from broker.db.models import Grant, RefreshToken
 from tests.oauth_helpers import EXCHANGE, MULTI, OAUTH_USER, USER, build_world
 
-PARALLEL = 40
+# `make chaos` runs the full figures: 50 concurrent refreshes, 20 rounds.
+PARALLEL = int(os.environ.get("BROKER_CHAOS_PARALLEL", "40"))
+ROUNDS = int(os.environ.get("BROKER_CHAOS_REFRESH_ROUNDS", "5"))
 
 
 async def _post(http: httpx.AsyncClient, path: str, creds, **body):
@@ -22,7 +25,7 @@ async def test_concurrent_refreshes_of_one_token_yield_exactly_one_pair(live_ser
     lender = await make_tenant()
     async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
         current = (await _post(http, "/oauth/token", lender, grant_type="client_credentials")).json()
-        for _round in range(5):
+        for _round in range(ROUNDS):
             responses = await asyncio.gather(
                 *(
                     _post(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from broker import errors
-from broker.http.logging import new_request_id
+from broker.http.logging import REDACTED, TOKEN_PATTERN, new_request_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -125,7 +125,8 @@ def admin_body(err: errors.BrokerError, request_id: str) -> dict[str, Any]:
 
 
 def render(request: Request[Any, Any, Any], err: errors.BrokerError) -> Response[Any]:
-    """Render a broker error in the family of the request's path."""
+    """Render a broker error in the family of the request's path; token-shaped text is masked."""
+    err.description = TOKEN_PATTERN.sub(lambda m: m.group(1) + REDACTED, err.description)
     request_id = request_id_of(request)
     family = _family(request.url.path)
     status = err.http_status

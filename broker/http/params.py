@@ -26,6 +26,20 @@ FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 
 
+KNOWN_PARAMS = frozenset(
+    {
+        "grant_type", "client_id", "secret", "client_secret", "scope", "refresh_token", "subject_token",
+        "subject_token_type", "requested_token_type", "actor_token", "actor_token_type", "audience", "resource",
+        "token", "token_type_hint", "name",
+    }
+)  # fmt: skip
+
+
+def _named(name: str) -> str:
+    """How an error names a parameter: only known names are echoed (a caller may send a token as a name)."""
+    return f"parameter {name!r}" if name in KNOWN_PARAMS else "a parameter"
+
+
 def _media_type(request: Request[Any, Any, Any]) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
@@ -34,7 +48,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise errors.InvalidRequest(f"parameter {key[:64]!r} is repeated")
+            raise errors.InvalidRequest(f"{_named(key)} is repeated")
         result[key] = value
     return result
 
@@ -69,9 +83,9 @@ def decode_json_object(raw: bytes, error: Callable[[str], errors.BrokerError]) -
 
 def _check_text(name: str, value: str) -> str:
     if "\x00" in value:
-        raise errors.InvalidRequest(f"parameter {name!r} contains a NUL byte")
+        raise errors.InvalidRequest(f"{_named(name)} contains a NUL byte")
     if len(value) > MAX_VALUE_CHARS:
-        raise errors.InvalidRequest(f"parameter {name!r} is too long")
+        raise errors.InvalidRequest(f"{_named(name)} is too long")
     return value
 
 
@@ -103,7 +117,7 @@ def _json_params(raw: bytes, multi: frozenset[str]) -> dict[str, list[str]]:
         elif isinstance(value, list) and name in multi and all(isinstance(v, str) for v in value):
             params[name] = list(value)
         else:
-            raise errors.InvalidRequest(f"parameter {name[:64]!r} must be a string")
+            raise errors.InvalidRequest(f"{_named(name)} must be a string")
     return params
 
 
@@ -127,7 +141,7 @@ async def oauth_params(request: Request[Any, Any, Any], multi: frozenset[str] = 
         if not kept:
             continue
         if len(kept) > 1 and name not in multi:
-            raise errors.InvalidRequest(f"parameter {name[:64]!r} is repeated")
+            raise errors.InvalidRequest(f"{_named(name)} is repeated")
         cleaned[name] = kept
     return cleaned
 
