@@ -20,18 +20,22 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
 
 from broker import errors
 from broker.app import create_app
+from broker.crypto import envelope
 from broker.crypto.keyring import generate_key
 from broker.db import migrate
-from broker.db.models import RefreshToken, User
+from broker.db.models import RefreshToken, User, WebhookEndpoint
 from broker.keys import reencrypt
 from broker.keys import service as keys
 from broker.oauth import service as oauth
 from broker.settings import Settings
 from broker.tenants import service as tenants
 from broker.users import service as users
+from broker.webhooks import outbox
+from broker.webhooks import service as webhooks
 from tests import dbsetup
 from tests.conftest import Client, serve
 from tests.keys_helpers import HASH_KEY, cli, count, make_legacy, open_everything, popen, ring_env, runtime_for, v1_rows
@@ -215,6 +219,17 @@ async def test_rotation_and_reencryption_under_load_on_two_replicas(scratch):
     # rows written before tenant data keys existed: v1 under k1; the first lender has no data key at all
     assert await make_legacy(seed, lenders[0].tenant_id, drop_data_key=True) > 0
     assert await make_legacy(seed, lenders[1].tenant_id, drop_data_key=False) > 0
+    async with seed.sessions() as session, session.begin():  # a partner's webhook secret, sealed under k1
+        _, signing_secret = await webhooks.create_endpoint(
+            session,
+            seed.ring,
+            seed.settings,
+            webhooks.EndpointSpec(url="http://127.0.0.1:9/hook"),
+            client_id=lenders[2].client_id,
+            audience=None,
+            actor="test",
+            request_id=None,
+        )
     await seed.engine.dispose()
     ops, other_replica = runtime_for(scratch, R_ACTIVE), runtime_for(scratch, R_ACTIVE)
     async with contextlib.AsyncExitStack() as replicas:
@@ -240,6 +255,7 @@ async def test_rotation_and_reencryption_under_load_on_two_replicas(scratch):
         assert before.data_keys.get("k1", 0) >= 2
         assert before.data_keys.get("k2", 0) >= 1
         assert before.rows_by_key().get("k1", 0) > 0
+        assert before.columns["webhook_endpoints.secrets"].direct == {"k1": 1}
         async with ops.sessions() as session:
             with pytest.raises(errors.Conflict, match="is still needed by"):
                 await keys.check_retire(session, ops.ring, "k1")
@@ -266,7 +282,10 @@ async def test_rotation_and_reencryption_under_load_on_two_replicas(scratch):
         assert after.pending() == 0
         assert set(after.data_keys) == {"k2"}
         assert set(after.rows_by_key()) == {"k2"}
-        assert all(not usage.direct for usage in after.columns.values())
+        assert after.columns["webhook_endpoints.secrets"].direct == {"k2": 1}  # resealed in place
+        assert all(
+            not usage.direct for name, usage in after.columns.items() if name.split(".")[0] != "webhook_endpoints"
+        )
         async with ops.sessions() as session:
             await keys.check_retire(session, ops.ring, "k1")
     finally:
@@ -276,7 +295,11 @@ async def test_rotation_and_reencryption_under_load_on_two_replicas(scratch):
         opened = await open_everything(final)  # every sealed value opens with k2 alone
         assert opened["refresh_tokens.token_enc"] == await count(final, RefreshToken)
         assert opened["users.user_token_enc"] == await count(final, User)
-        assert sum(after.rows_by_key().values()) == sum(opened.values())
+        assert sum(after.rows_by_key().values()) == sum(opened.values()) + 1  # and the webhook secret
+        async with final.sessions() as session:
+            endpoint = (await session.execute(select(WebhookEndpoint))).scalar_one()
+        aad = outbox.endpoint_secret_aad(lenders[2].tenant_id, endpoint.id)
+        assert envelope.open_(final.ring, endpoint.secret_enc, aad).decode() == signing_secret
     finally:
         await final.engine.dispose()
     async with in_process(scratch, R2) as retired:  # starts only if nothing needs k1 any more

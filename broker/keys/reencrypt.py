@@ -24,6 +24,7 @@ from broker.crypto import datakeys, envelope
 from broker.crypto.envelope import EnvelopeError
 from broker.keys import repository, sealing
 from broker.keys.columns import TENANT_DATA, SealedTable
+from broker.webhooks import service as webhooks
 
 if TYPE_CHECKING:
     import uuid
@@ -58,7 +59,13 @@ async def pending(session: AsyncSession, ring: KeyRing) -> int:
         total = await repository.count_keys_to_rewrap(session, ring.active_kid)
         for table in TENANT_DATA:
             total += await repository.count_v1_rows(session, table)
+        total += await _secrets_left(session, ring)
     return total
+
+
+async def _secrets_left(session: AsyncSession, ring: KeyRing) -> int:
+    usage = await webhooks.secret_key_usage(session)
+    return sum(n for kid, n in usage.items() if kid != ring.active_kid)
 
 
 async def reencrypt(
@@ -86,6 +93,7 @@ async def reencrypt(
     await run.rewrap_data_keys()
     for table in TENANT_DATA:
         await run.move_v1_rows(table)
+    await run.reseal_operator_secrets()
     run.result.seconds = time.monotonic() - started
     return run.result
 
@@ -122,6 +130,22 @@ class _Run:
             if left == 0:
                 return
             after = None
+            await asyncio.sleep(WAIT_FOR_OTHERS)
+
+    async def reseal_operator_secrets(self) -> None:
+        """Webhook signing secrets stay sealed under the ring: reseal them under the active key."""
+        while True:
+            async with self.session.begin():
+                moved = await webhooks.reencrypt_secrets(self.session, self.ring, batch=self.batch_size)
+            self.result.rows += moved
+            self.tick(moved)
+            if moved:
+                await asyncio.sleep(self.pause)
+                continue
+            async with self.session.begin():
+                left = await _secrets_left(self.session, self.ring)
+            if left == 0:
+                return
             await asyncio.sleep(WAIT_FOR_OTHERS)
 
     async def move_v1_rows(self, table: SealedTable) -> None:

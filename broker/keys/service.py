@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,6 +28,7 @@ from broker.crypto.keyring import KeyRingError
 from broker.keys import repository
 from broker.keys.columns import TENANT_DATA
 from broker.webhooks import outbox
+from broker.webhooks import service as webhooks
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("broker.keys")
 SHREDDED = "shredded"
+WEBHOOK_SECRETS = "webhook_endpoints.secrets"
+"""Operator-level secrets (partners' webhook signing secrets) are sealed directly under ring keys."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class KeyStatus:
     ring: list[str]
     data_keys: dict[str, int]
     columns: dict[str, ColumnUsage]
+    ring_sealed: ClassVar[frozenset[str]] = frozenset({WEBHOOK_SECRETS})
+    """Columns whose values stay sealed directly under a ring key (re-encryption reseals them in place)."""
 
     def rows_by_key(self) -> dict[str, int]:
         """Rows that need each ring key, directly or through their data key."""
@@ -71,9 +76,12 @@ class KeyStatus:
         return totals
 
     def pending(self) -> int:
-        """Data keys and ``v1`` rows that re-encryption still has to move to the active key."""
+        """Data keys and values that re-encryption still has to move to the active key."""
         keys = sum(n for kid, n in self.data_keys.items() if kid not in {self.active, SHREDDED})
-        rows = sum(sum(u.direct.values()) for u in self.columns.values())
+        rows = 0
+        for name, usage in self.columns.items():
+            stays = {self.active} if name in self.ring_sealed else set()
+            rows += sum(n for kid, n in usage.direct.items() if kid not in stays)
         return keys + rows
 
 
@@ -88,6 +96,7 @@ async def status(session: AsyncSession, ring: KeyRing) -> KeyStatus:
                 target = {"v1": usage.direct, "v2": usage.via_data_keys}.get(version, usage.other)
                 target[kid if version in {"v1", "v2"} else version] = count
             columns[table.label(column)] = usage
+    columns[WEBHOOK_SECRETS] = ColumnUsage(direct=await webhooks.secret_key_usage(session))
     return KeyStatus(active=ring.active_kid, ring=list(ring.keys), data_keys=data_keys, columns=columns)
 
 
@@ -116,6 +125,7 @@ async def key_use(session: AsyncSession, kid: str) -> KeyUse:
     Cheap: data keys are one per tenant, and ``v1`` rows are found through their partial indexes.
     """
     rows = {table.name: await repository.count_v1_rows_under(session, table, kid) for table in TENANT_DATA}
+    rows["webhook_endpoints"] = (await webhooks.secret_key_usage(session)).get(kid, 0)
     return KeyUse(kid=kid, data_keys=await repository.count_keys_wrapped_by(session, kid), rows=rows)
 
 
@@ -140,6 +150,7 @@ async def missing_keys(session: AsyncSession, ring: KeyRing) -> list[KeyUse]:
         needed = await repository.wrapped_key_ids(session)
         for table in TENANT_DATA:
             needed |= await repository.v1_key_ids(session, table)
+        needed |= set(await webhooks.secret_key_usage(session))
         return [await key_use(session, kid) for kid in sorted(needed - set(ring.keys))]
 
 
