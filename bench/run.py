@@ -358,7 +358,7 @@ def _percentile(values: list[int], pct: float) -> float:
 
 
 HEADER = (
-    f"{'scenario':<34}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x floor':>9}"
+    f"{'scenario':<44}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'x floor':>9}"
     f"{'RSS MiB':>9}{'cpu ms/req':>11}  cpu% srv/pg/load/other"
 )
 
@@ -371,7 +371,7 @@ def format_row(result: Result) -> str:
     cpu = result.cpu_percent
     split = "/".join(f"{cpu.get(k, 0):.0f}" for k in ("server", "postgres", "load_tool", "other")) if cpu else "-"
     line = (
-        f"{result.scenario:<34}{result.connections:>6}{result.rps:>10.0f}{result.p50_ms:>9.2f}{result.p99_ms:>9.2f}"
+        f"{result.scenario:<44}{result.connections:>6}{result.rps:>10.0f}{result.p50_ms:>9.2f}{result.p99_ms:>9.2f}"
         f"{result.errors:>8}{ratio:>9}{rss:>9}{cpu_ms:>11}  {split}"
     )
     return line + (f"  [{'; '.join(result.notes)}]" if result.notes else "")
@@ -498,8 +498,8 @@ def run_introspect(bench: Bench, access_pool: list[str]) -> None:
         bench.wrk(connections, load)
 
 
-def growth_run(bench: Bench, sizes: tuple[int, ...]) -> None:
-    """Issuance and introspection, and their floors, at each seeded size."""
+def growth_run(bench: Bench, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Issuance and introspection, and their floors, at each seeded size; returns largest vs smallest."""
     world, lender = bench.world, bench.world.lender
     connections = max(bench.config.connections)
     for size in sizes:
@@ -656,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         say(HEADER)
         if mode == "growth":
-            growth_run(bench, GROWTH_SIZES)
+            sizes = os.environ.get("BENCH_GROWTH_SIZES")  # e.g. 1000,5000 for a quick check of the harness
+            report["growth"] = growth_run(bench, tuple(int(n) for n in sizes.split(",")) if sizes else GROWTH_SIZES)
             report["lineage"] = revoke_trees(bench, width=100, fanout=99, trees=3)
         else:
             took = seed.seed_tokens(database, world, config.tokens)
