@@ -525,6 +525,23 @@ def growth_run(bench: Bench, sizes: tuple[int, ...]) -> dict[str, Any]:
             f"introspect @ {label}", "/oauth/introspect", body, pool, expect='"active":true', floor=f"read@{size}"
         )
         bench.wrk(connections, load)
+    return growth_summary(bench.results, sizes)
+
+
+def growth_summary(results: list[Result], sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Each growth figure at the largest size relative to the smallest: req/s and CPU per request."""
+    by_name = {r.scenario: r for r in results}
+    small, large = f"{min(sizes):,} existing", f"{max(sizes):,} existing"
+    summary: dict[str, Any] = {}
+    for name in ("client_credentials", "introspect", "floor: issue", "floor: introspection read"):
+        before, after = by_name[f"{name} @ {small}"], by_name[f"{name} @ {large}"]
+        rps = round(after.rps / before.rps, 3) if before.rps else None
+        cpu = None
+        if after.cpu_ms_per_request and before.cpu_ms_per_request:
+            cpu = round(after.cpu_ms_per_request / before.cpu_ms_per_request, 3)
+        summary[name] = {"rps_ratio": rps, "cpu_ms_ratio": cpu}
+        say(f"{name}: {large} vs {small}: req/s x{rps}, cpu/req x{cpu}")
+    return summary
 
 
 def revoke_trees(bench: Bench, *, width: int, fanout: int, trees: int) -> dict[str, Any]:
