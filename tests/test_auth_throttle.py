@@ -150,13 +150,15 @@ async def test_local_counters_are_bounded():
 @pytest.mark.parametrize(
     ("window", "limit", "expected"),
     [
-        (Window(previous=0, current=5, elapsed=0.5), 5, 30.0),  # rest of this window, then it must decay fully
-        (Window(previous=10, current=0, elapsed=0.25), 5, 15.0),  # previous weight 10*(1-f) < 5 at f=0.5
+        (Window(previous=0, current=5, elapsed=0.5), 5, 42.0),  # rest of this window, then 1/5 of the next
+        (Window(previous=10, current=0, elapsed=0.25), 5, 21.0),  # previous weight 10*(1-f) <= 4 at f=0.6
         (Window(previous=10, current=0, elapsed=0.6), 5, 0.0),
+        (Window(previous=3, current=0, elapsed=0.001), 3, 19.94),  # no boundary leak
     ],
 )
-def test_retry_after_is_when_the_sliding_estimate_drops_below_the_limit(window, limit, expected):
-    assert window.seconds_until_below(limit, 60) == pytest.approx(expected)
+def test_retry_after_is_when_the_rounded_sliding_estimate_drops_below_the_limit(window, limit, expected):
+    assert window.reaches(limit) is (expected > 0)
+    assert window.seconds_until_allowed(limit, 60) == pytest.approx(expected, abs=0.01)
 
 
 # --- over HTTP -------------------------------------------------------------------------------------------

@@ -67,14 +67,23 @@ class Window:
         """Failures in the last sliding window: the previous window weighted by the part still covered."""
         return self.previous * (1 - self.elapsed) + self.current
 
-    def seconds_until_below(self, limit: float, width: int) -> float:
-        """How long until :attr:`estimate` drops below ``limit`` if nothing else fails."""
-        if self.estimate < limit:
+    def reaches(self, limit: int) -> bool:
+        """Whether ``limit`` failures are counted: the estimate, rounded up, is at least ``limit``.
+
+        Rounding up keeps a window boundary from letting one more failure through (just after it the
+        previous window's weight is a hair below 1).
+        """
+        return self.estimate > limit - 1
+
+    def seconds_until_allowed(self, limit: int, width: int) -> float:
+        """How long until :meth:`reaches` turns false if nothing else fails."""
+        floor = limit - 1
+        if self.estimate <= floor:
             return 0.0
-        if self.current >= limit:
+        if self.current > floor:
             # Only the next window can help, once the current count's weight has shrunk enough.
-            return (1 - self.elapsed) * width + max(0.0, 1 - limit / self.current) * width
-        return max(0.0, 1 - (limit - self.current) / self.previous - self.elapsed) * width
+            return (1 - self.elapsed) * width + (1 - floor / self.current) * width
+        return max(0.0, 1 - (floor - self.current) / self.previous - self.elapsed) * width
 
 
 class Counters(Protocol):
@@ -247,13 +256,13 @@ class AuthThrottle:
         pair_w, addr_w, client_w = await self._counters("read", (pair, addr, client), now)
         width, limits = self.limits.window, self.limits
         waits = []
-        if pair_w.estimate >= limits.per_pair:
-            waits.append(pair_w.seconds_until_below(limits.per_pair, width))
-        if addr_w.estimate >= limits.per_address:
-            waits.append(addr_w.seconds_until_below(limits.per_address, width))
-        if client_w.estimate >= limits.per_client and pair_w.estimate >= 1:
+        if pair_w.reaches(limits.per_pair):
+            waits.append(pair_w.seconds_until_allowed(limits.per_pair, width))
+        if addr_w.reaches(limits.per_address):
+            waits.append(addr_w.seconds_until_allowed(limits.per_address, width))
+        if client_w.reaches(limits.per_client) and pair_w.reaches(1):
             waits.append(
-                min(client_w.seconds_until_below(limits.per_client, width), pair_w.seconds_until_below(1, width))
+                min(client_w.seconds_until_allowed(limits.per_client, width), pair_w.seconds_until_allowed(1, width))
             )
         if waits:
             retry_after = max(1, math.ceil(max(waits)))
