@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     webhook_backoff_base_seconds: float = Field(default=10.0, gt=0, le=86_400)
     webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    webhook_retention_days: int = Field(default=30, ge=0, le=3650)
     webhook_allow_private: bool | None = None
     webhook_allow_http: bool | None = None
 

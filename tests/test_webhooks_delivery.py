@@ -121,6 +121,8 @@ async def test_the_policy_option_puts_the_shared_refresh_token_in_grant_shared(h
     assert event_a.data["refresh_token"] == shared["refresh_token"]
     assert event_a.data["refresh_token_expires_at"].endswith("Z")
     assert "refresh_token" not in event_b.data
+    # once delivered, broker keeps no copy of the token
+    assert all(row.token_enc is None for row in await h.rows(ep_a))
     # the partner uses the token it received with its own credentials
     forked = await token_ok(
         h.client, world.partner_a, grant_type="refresh_token", refresh_token=event_a.data["refresh_token"]
@@ -446,6 +448,28 @@ async def test_the_app_runs_a_worker_in_its_lifespan(h):
         await h.share(h.world.urn_a, client=served)
         await wait_until(h.receiver.events)
     assert len(h.receiver.events()) == 1
+
+
+async def test_delivered_events_are_pruned_after_the_retention(h):
+    endpoint_id, _ = await h.endpoint(h.receiver.url, client_id=h.world.partner_a.client_id)
+    for _ in range(3):
+        await h.share(h.world.urn_a)
+    async with worker_running(h.runtime):
+        await wait_until(lambda: h.rows(endpoint_id, "delivered"))
+    await h.share(h.world.urn_a)  # one more, still pending
+    rows = await h.rows(endpoint_id)
+    old_delivered, recent_delivered = rows[0].id, rows[1].id
+    async with h.sessions() as session, session.begin():
+        await session.execute(
+            text("UPDATE webhook_deliveries SET created_at = now() - interval '40 days' WHERE id = ANY(:ids)"),
+            {"ids": [old_delivered, rows[3].id]},
+        )
+    worker = DeliveryWorker(h.runtime, fast_config(retention_days=30))
+    assert await worker.prune() == 1
+    remaining = {r.id for r in await h.rows(endpoint_id)}
+    assert old_delivered not in remaining
+    assert {recent_delivered, rows[3].id} <= remaining  # recent, and old but not delivered, are kept
+    assert await DeliveryWorker(h.runtime, fast_config(retention_days=0)).prune() == 0
 
 
 def test_outbox_event_types():

@@ -55,6 +55,8 @@ MAX_RESPONSE_BYTES = 4 * MAX_RESPONSE_CHARS
 MAX_ERROR_CHARS = 500
 MAX_RECORD_DELAY_SECONDS = 0.5
 """A finished attempt is recorded within this long (well inside any lease)."""
+PRUNE_EVERY_SECONDS = 600.0
+PRUNE_BATCH = 1000
 USER_AGENT = f"broker-webhooks/{__version__}"
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 
@@ -72,6 +74,7 @@ class WorkerConfig:
     backoff_max: float
     allow_private: bool
     allow_http: bool
+    retention_days: int = 30
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -86,6 +89,7 @@ class WorkerConfig:
             backoff_max=settings.webhook_backoff_max_seconds,
             allow_private=settings.webhooks_may_target_private,
             allow_http=settings.webhooks_may_use_http,
+            retention_days=settings.webhook_retention_days,
         )
 
     def backoff(self, failures: int, retry_after: float | None = None) -> float:
@@ -179,6 +183,7 @@ class DeliveryWorker:
         """Deliver until ``stop`` is set, then let in-flight posts finish (up to the HTTP timeout)."""
         log.info("webhook worker started", concurrency=self.config.concurrency)
         last_claim = last_flush = -float("inf")
+        next_prune = time.monotonic() + random.uniform(0, PRUNE_EVERY_SECONDS)  # noqa: S311 - spreads replicas
         flush_every = min(self.config.poll, MAX_RECORD_DELAY_SECONDS)
         try:
             while not stop.is_set():
@@ -190,6 +195,9 @@ class DeliveryWorker:
                 if self._finished and (claim or now - last_flush >= flush_every):
                     await self._flush()
                     last_flush = now
+                if now >= next_prune:
+                    await self.prune()
+                    next_prune = now + PRUNE_EVERY_SECONDS
                 if claim:
                     claimed = await self._claim(free)
                     last_claim = now
@@ -214,6 +222,28 @@ class DeliveryWorker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._flush()
         return claimed
+
+    async def prune(self) -> int:
+        """Delete delivered events older than the retention (``BROKER_WEBHOOK_RETENTION_DAYS``; 0 keeps all).
+
+        Dead-lettered and pending events are kept whatever their age. Returns how many were deleted.
+        """
+        if self.config.retention_days <= 0:
+            return 0
+        older_than = timedelta(days=self.config.retention_days)
+        deleted = 0
+        try:
+            while True:
+                async with self.runtime.sessions() as session, session.begin():
+                    batch = await repository.prune_delivered(session, older_than=older_than, limit=PRUNE_BATCH)
+                deleted += batch
+                if batch < PRUNE_BATCH:
+                    break
+        except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; delivery goes on
+            log.warning("webhook prune failed", error=type(exc).__name__)
+        if deleted:
+            log.info("webhook deliveries pruned", deleted=deleted, retention_days=self.config.retention_days)
+        return deleted
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

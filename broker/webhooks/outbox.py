@@ -12,7 +12,7 @@ Invariants:
       exception is opt-in: when the audience policy says so, ``grant.shared`` carries the shared refresh
       token, which is stored only sealed in ``token_enc`` — under the data key of the tenant that owns
       the grant (so crypto-shredding that tenant makes the copy unreadable too), AAD bound to the
-      delivery row and its recipient — and added to the body when it is sent.
+      delivery row and its recipient — added to the body when it is sent, and dropped once delivered.
 """
 
 from __future__ import annotations

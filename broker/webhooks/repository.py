@@ -324,6 +324,7 @@ _RELEASE = text(
         last_status_code = v.status_code,
         last_error = v.error,
         delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE d.delivered_at END,
+        token_enc = CASE WHEN v.status = 'delivered' THEN NULL ELSE d.token_enc END,
         next_attempt_at = CASE
             WHEN v.retry_in IS NULL THEN d.next_attempt_at
             ELSE now() + make_interval(secs => v.retry_in)
@@ -349,7 +350,8 @@ async def record(session: AsyncSession, outcomes: Sequence[Recorded]) -> set[uui
 
     An attempt of a delivery deleted meanwhile (its endpoint was deleted) is dropped. A claim that was
     lost (the lease expired and another worker claimed the row, or the operator redelivered it) is not
-    released: that worker's outcome will be. Returns the ids whose claim was released.
+    released: that worker's outcome will be. A delivered event's sealed refresh token is dropped: broker
+    keeps no copy once the partner has it. Returns the ids whose claim was released.
     """
     if not outcomes:
         return set()
@@ -378,6 +380,23 @@ async def record(session: AsyncSession, outcomes: Sequence[Recorded]) -> set[uui
         },
     )
     return set(result.scalars())
+
+
+async def prune_delivered(session: AsyncSession, *, older_than: timedelta, limit: int) -> int:
+    """Delete up to ``limit`` delivered events created more than ``older_than`` ago (with their attempts)."""
+    old = (
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.status == "delivered",
+            WebhookDelivery.created_at < func.now() - bindparam("older_than", older_than, type_=Interval()),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        delete(WebhookDelivery).where(WebhookDelivery.id.in_(old.scalar_subquery())).returning(WebhookDelivery.id)
+    )
+    return len(result.all())
 
 
 # --- admin views of the outbox -------------------------------------------------------------------------
