@@ -25,7 +25,6 @@ from sqlalchemy import (
     select,
     text,
     union,
-    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP
@@ -202,19 +201,23 @@ async def subscribers(
         )
     if not sources:
         return []
-    recipients = union_all(*sources).cte("recipients")
+    recipients = union(*sources).cte("recipients") if len(sources) > 1 else sources[0].cte("recipients")
+    recipient = recipients.c[0]
     anyone = exists().where(_subscribed(event_type))
-    recipient_ids = select(recipients.c[0])
     direct = (
         select(WebhookEndpoint.id, Tenant.id, Tenant.client_id)
-        .join(Tenant, Tenant.id == WebhookEndpoint.tenant_id)
-        .where(anyone, _subscribed(event_type), Tenant.id.in_(recipient_ids))
+        .select_from(recipients)
+        .join(Tenant, Tenant.id == recipient)
+        .join(WebhookEndpoint, WebhookEndpoint.tenant_id == Tenant.id)
+        .where(anyone, _subscribed(event_type))
     )
     through_audience = (
         select(WebhookEndpoint.id, Tenant.id, Tenant.client_id)
-        .join(AudienceMember, AudienceMember.audience_id == WebhookEndpoint.audience_id)
-        .join(Tenant, Tenant.id == AudienceMember.tenant_id)
-        .where(anyone, _subscribed(event_type), Tenant.id.in_(recipient_ids))
+        .select_from(recipients)
+        .join(Tenant, Tenant.id == recipient)
+        .join(AudienceMember, AudienceMember.tenant_id == Tenant.id)
+        .join(WebhookEndpoint, WebhookEndpoint.audience_id == AudienceMember.audience_id)
+        .where(anyone, _subscribed(event_type))
     )
     rows = (await session.execute(union(direct, through_audience))).all()
     return [Subscriber(row[0], row[1], row[2]) for row in rows]
