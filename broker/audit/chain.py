@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -134,6 +135,8 @@ class Problem:
     seq: int | None
     event_id: int | None
     detail: str
+    tenant: str | None = None
+    """The chain's tenant (its client id), None for the global chain."""
 
 
 @dataclass
@@ -174,6 +177,12 @@ async def verify(
     for chain, head_seq, head_hash in heads:
         result.chains += 1
         await _verify_chain(session, key, chain, (head_seq, head_hash), result)
+    if result.problems:
+        async with session.begin():
+            names = await repository.client_ids(session, [p.chain for p in result.problems])
+        result.problems = [
+            dataclasses.replace(p, tenant=names[p.chain][0] if p.chain in names else None) for p in result.problems
+        ]
     return result
 
 

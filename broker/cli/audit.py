@@ -69,7 +69,8 @@ def verify(client_id: str | None, only_global: bool, no_seal: bool, as_json: boo
     else:
         click.echo(f"{result.chains} chain(s), {result.rows} sealed event(s), {result.unsealed} not yet sealed")
         for problem in result.problems:
-            click.echo(f"TAMPERED chain {problem.chain}: {problem.kind}: {problem.detail}")
+            owner = f"tenant {problem.tenant}" if problem.tenant else f"chain {problem.chain}"
+            click.echo(f"TAMPERED {owner}: {problem.kind}: {problem.detail}")
         click.echo("ok: no tampering found" if result.ok else f"{len(result.problems)} problem(s) found")
     if not result.ok:
         raise SystemExit(1)

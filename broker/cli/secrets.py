@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -28,6 +29,10 @@ def _run(work: Any) -> Any:  # noqa: ANN401 - see broker.cli.main.run_with_sessi
     from broker.cli.main import run_with_session  # noqa: PLC0415 - main imports this module
 
     return run_with_session(work)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
 
 
 def _secret(view: secrets.SecretView) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def rotate_secret(client_id: str, overlap: int, as_json: bool) -> None:
     click.echo(f"new secret {new.id} for {client_id}, shown once:\n{value}")
     for other in others:
         if other.live:
-            click.echo(f"secret {other.id} keeps working until {other.expires_at:%Y-%m-%d %H:%M:%S %Z}")
+            click.echo(f"secret {other.id} keeps working until {_when(other.expires_at)}")
 
 
 @click.command("secrets")
@@ -81,16 +86,15 @@ def list_secrets(client_id: str, as_json: bool) -> None:
         async with session.begin():
             return await secrets.list_secrets(session, client_id)
 
-    found = [_secret(s) for s in _run(work)]
+    views = _run(work)
     if as_json:
-        click.echo(json.dumps(found))
+        click.echo(json.dumps([_secret(s) for s in views]))
         return
-    click.echo(f"{'ID':<38}{'LIVE':<6}{'CREATED':<27}{'LAST USED':<27}EXPIRES / REVOKED")
-    for s in found:
-        ends = f"revoked {s['revoked_at']}" if s["revoked_at"] else (s["expires_at"] or "-")
-        click.echo(
-            f"{s['id']:<38}{'yes' if s['live'] else 'no':<6}{s['created_at']:<27}{s['last_used_at'] or '-':<27}{ends}"
-        )
+    click.echo(f"{'ID':<38}{'LIVE':<6}{'CREATED':<22}{'LAST USED':<22}EXPIRES / REVOKED")
+    for s in views:
+        ends = f"revoked {_when(s.revoked_at)}" if s.revoked_at else _when(s.expires_at)
+        live = "yes" if s.live else "no"
+        click.echo(f"{s.id!s:<38}{live:<6}{_when(s.created_at):<22}{_when(s.last_used_at):<22}{ends}")
 
 
 @click.command("revoke-secret")
