@@ -479,7 +479,10 @@ def test_outbox_event_types():
 async def test_a_worker_without_a_database_keeps_running(settings):
     broken = build_runtime(settings.model_copy(update={"database_url": "postgresql://nobody@127.0.0.1:1/none"}))
     try:
-        worker = DeliveryWorker(broken, fast_config())
+        worker = DeliveryWorker(broken, fast_config(poll=0.5))
         assert await worker.run_once() == 0
+        assert await worker.run_once() == 0
+        assert worker._claim_failures == 2  # it backs off (0.5 s * 2**n, at most 30 s) instead of spinning
+        assert worker._claim_pause_until > time.monotonic() + 1
     finally:
         await broken.engine.dispose()

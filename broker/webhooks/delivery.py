@@ -55,6 +55,8 @@ MAX_RESPONSE_BYTES = 4 * MAX_RESPONSE_CHARS
 MAX_ERROR_CHARS = 500
 MAX_RECORD_DELAY_SECONDS = 0.5
 """A finished attempt is recorded within this long (well inside any lease)."""
+MAX_CLAIM_PAUSE_SECONDS = 30.0
+"""After failed claims (the database is away), the worker waits this long at most before trying again."""
 PRUNE_EVERY_SECONDS = 600.0
 PRUNE_BATCH = 1000
 USER_AGENT = f"broker-webhooks/{__version__}"
@@ -163,6 +165,8 @@ class DeliveryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: list[tuple[repository.ClaimedDelivery, Outcome, repository.Recorded]] = []
         self._claim_batch = max(1, self.config.concurrency // 4)
+        self._claim_failures = 0
+        self._claim_pause_until = 0.0
         self.delivered = 0
         self.failed = 0
 
@@ -189,8 +193,10 @@ class DeliveryWorker:
             while not stop.is_set():
                 free = self.config.concurrency - len(self._tasks)
                 now = time.monotonic()
-                claim = free > 0 and (
-                    free >= self._claim_batch or not self._tasks or now - last_claim >= self.config.poll
+                claim = (
+                    free > 0
+                    and now >= self._claim_pause_until
+                    and (free >= self._claim_batch or not self._tasks or now - last_claim >= self.config.poll)
                 )
                 if self._finished and (claim or now - last_flush >= flush_every):
                     await self._flush()
@@ -267,9 +273,18 @@ class DeliveryWorker:
                 jobs = [
                     await self._open(session, c) for c in await repository.claim_due(session, limit=limit, lease=lease)
                 ]
-        except Exception as exc:  # noqa: BLE001 - the database may be away; keep the loop alive
-            log.warning("webhook claim failed", error=type(exc).__name__, detail=str(exc)[:MAX_ERROR_CHARS])
+        except Exception as exc:  # noqa: BLE001 - the database may be away; keep the loop alive, back off
+            self._claim_failures += 1
+            pause = min(MAX_CLAIM_PAUSE_SECONDS, self.config.poll * 2**self._claim_failures)
+            self._claim_pause_until = time.monotonic() + pause
+            log.warning(
+                "webhook claim failed",
+                error=type(exc).__name__,
+                detail=str(exc)[:MAX_ERROR_CHARS],
+                retry_in_seconds=round(pause, 2),
+            )
             return 0
+        self._claim_failures = 0
         for job in jobs:
             task = asyncio.create_task(self._deliver(job))
             self._tasks.add(task)
