@@ -42,6 +42,7 @@ async def test_key_status_over_the_admin_api(client, make_tenant, headers, runti
         "users.user_token_enc",
         "users.identity_enc",
         "webhook_endpoints.secrets",
+        "webhook_deliveries.token_enc",
     }
     assert body["columns"]["refresh_tokens.token_enc"]["via_data_keys"]["test-2"] >= 1
     assert body["rows_by_key"]["test-2"] >= 1

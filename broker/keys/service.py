@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("broker.keys")
 SHREDDED = "shredded"
 WEBHOOK_SECRETS = "webhook_endpoints.secrets"
+WEBHOOK_DELIVERY_TOKENS = "webhook_deliveries.token_enc"
 """Operator-level secrets (partners' webhook signing secrets) are sealed directly under ring keys."""
 
 
@@ -80,6 +81,8 @@ class KeyStatus:
         keys = sum(n for kid, n in self.data_keys.items() if kid not in {self.active, SHREDDED})
         rows = 0
         for name, usage in self.columns.items():
+            if name == WEBHOOK_DELIVERY_TOKENS:  # reported only: queued copies, under data keys
+                continue
             stays = {self.active} if name in self.ring_sealed else set()
             rows += sum(n for kid, n in usage.direct.items() if kid not in stays)
         return keys + rows
@@ -97,6 +100,11 @@ async def status(session: AsyncSession, ring: KeyRing) -> KeyStatus:
                 target[kid if version in {"v1", "v2"} else version] = count
             columns[table.label(column)] = usage
     columns[WEBHOOK_SECRETS] = ColumnUsage(direct=await webhooks.secret_key_usage(session))
+    # Shared refresh tokens queued for partners' webhooks are sealed under the owner's data key.
+    deliveries = ColumnUsage()
+    for version, kid, count in await repository.column_usage(session, "webhook_deliveries", "token_enc"):
+        {"v1": deliveries.direct, "v2": deliveries.via_data_keys}.get(version, deliveries.other)[kid] = count
+    columns[WEBHOOK_DELIVERY_TOKENS] = deliveries
     return KeyStatus(active=ring.active_kid, ring=list(ring.keys), data_keys=data_keys, columns=columns)
 
 
