@@ -200,9 +200,14 @@ def run(events: int, workers: int, concurrency: int, *, verify: bool) -> dict[st
             time.sleep(0.1)
         wall = time.monotonic() - started
         cpu_ticks = sum((_proc_stat(p.pid) or (0, 0, 0))[2] for p in processes[1:])
-        delivered = database.scalar(
-            "SELECT count(*) FROM webhook_deliveries WHERE status = 'delivered' AND attempt_count = 1"
-        )
+        delivered = 0
+        for _ in range(100):  # the last outcomes are recorded within half a second
+            delivered = database.scalar(
+                "SELECT count(*) FROM webhook_deliveries WHERE status = 'delivered' AND attempt_count = 1"
+            )
+            if delivered >= events:
+                break
+            time.sleep(0.1)
         span = state["last"] - state["first"]
         return {
             "events": events,

@@ -370,8 +370,8 @@ class DeliveryWorker:
             return
         batch, self._finished = self._finished, []
         try:
-            async with self.runtime.sessions() as session, session.begin():
-                released = await repository.record(session, [recorded for _, _, recorded in batch])
+            async with self.runtime.engine.begin() as connection:  # no ORM session: text statements only
+                released = await repository.record(connection, [recorded for _, _, recorded in batch])
         except Exception as exc:  # noqa: BLE001 - retried at the next flush; meanwhile the leases hold
             log.warning("webhook record failed", error=type(exc).__name__, pending=len(batch))
             self._finished = batch + self._finished
