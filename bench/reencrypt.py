@@ -1,6 +1,6 @@
 """Re-encryption throughput: rows per second moved by ``broker keys reencrypt``, as operators run it.
 
-    .venv/bin/python -m bench.reencrypt [--rows 100000] [--tenants 100] [--batch-size 500] [--processes 1]
+    .venv/bin/python -m bench.reencrypt [--rows 100000] [--tenants 100] [--batch-size 1000] [--processes 1]
 
 One run: a throw-away database (``BENCH_DATABASE_URL``, else the local server, else the embedded one),
 migrated; ``--tenants`` tenants, each with its data key wrapped by ring key ``k1``; ``--rows`` refresh
@@ -40,7 +40,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.reencrypt", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="legacy v1 rows to move (default 100000)")
     parser.add_argument("--tenants", type=int, default=100, help="tenants, each with a data key (default 100)")
-    parser.add_argument("--batch-size", type=int, default=500, help="rows per transaction (default 500)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="rows per transaction (default 1000)")
     parser.add_argument("--processes", type=int, default=1, help="reencrypt processes at once (default 1)")
     return parser.parse_args(argv)
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from broker.crypto.keyring import KeyRing
 
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = 1000
 WAIT_FOR_OTHERS = 0.2
 
 

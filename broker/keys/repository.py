@@ -265,8 +265,11 @@ async def count_v1_rows(session: AsyncSession, table: SealedTable) -> int:
 async def store_rows(
     session: AsyncSession, table: SealedTable, column: str, values: Sequence[tuple[uuid.UUID, str]]
 ) -> None:
-    """Write re-encrypted values of one column."""
+    """Write re-encrypted values of one column: one statement per batch (``UPDATE ... FROM unnest``)."""
     if not values:
         return
-    statement = text(f"UPDATE {table.name} SET {column} = :value WHERE id = :row_id")  # noqa: S608 - fixed registry
-    await session.execute(statement, [{"row_id": row_id, "value": value} for row_id, value in values])
+    statement = text(
+        f"UPDATE {table.name} AS t SET {column} = v.value "  # noqa: S608 - fixed registry
+        "FROM unnest(CAST(:row_ids AS uuid[]), CAST(:sealed AS text[])) AS v(id, value) WHERE t.id = v.id"
+    )
+    await session.execute(statement, {"row_ids": [r for r, _ in values], "sealed": [v for _, v in values]})
