@@ -93,6 +93,10 @@ class Receiver:
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
                     self.send_header("content-length", str(len(reply.body)))
+                    # One request per connection: the socket is closed when the handler returns, so no
+                    # idle keep-alive socket outlives the receiver (ResourceWarning is an error here).
+                    self.send_header("connection", "close")
+                    self.close_connection = True
                     self.end_headers()
                     self.wfile.write(reply.body)
                 finally:
