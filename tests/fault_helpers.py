@@ -209,6 +209,7 @@ class Balancer:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._server: Any = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -225,11 +226,13 @@ class Balancer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         port = next(self._next)
         self.connections[port] += 1
+        self._writers.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
             writer.close()
             return
+        self._writers.add(up_writer)
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
     def _serve(self) -> None:
@@ -248,10 +251,18 @@ class Balancer:
         return self
 
     def __exit__(self, *_: object) -> None:
-        def _close() -> None:
+        async def _close() -> None:
+            # Close every connection and let its pipes finish, so no socket or task outlives the loop
+            # (a leak would surface later as a ResourceWarning in whichever test runs the GC).
             self._server.close()
-            self._loop.stop()
+            for writer in self._writers:
+                writer.close()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
-        self._loop.call_soon_threadsafe(_close)
+        asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
