@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("broker.keys")
 SHREDDED = "shredded"
 WEBHOOK_SECRETS = "webhook_endpoints.secrets"
-WEBHOOK_DELIVERY_TOKENS = "webhook_deliveries.token_enc"
 """Operator-level secrets (partners' webhook signing secrets) are sealed directly under ring keys."""
+WEBHOOK_DELIVERY_TOKENS = "webhook_deliveries.token_enc"
+"""Shared refresh tokens queued for partners' webhooks, sealed under the owner's data key (reported only)."""
 
 
 @dataclass(frozen=True)
