@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -27,6 +28,13 @@ SERVED = {"BROKER_WEBHOOK_WORKER": "true", "BROKER_WEBHOOK_POLL_SECONDS": "0.05"
 def served():
     with serve(SERVED) as server:
         yield server
+        _stop(server.process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM and wait: the lifespan stops each delivery worker (in-flight posts may take a timeout)."""
+    process.terminate()
+    return process.wait(timeout=60)
 
 
 async def test_a_partner_hears_about_a_share_uses_it_and_hears_about_the_revocation(served, runtime):
@@ -89,8 +97,11 @@ async def test_a_partner_hears_about_a_share_uses_it_and_hears_about_the_revocat
 def test_serve_stops_cleanly_with_its_workers(tmp_path):
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log, serve(SERVED, output=log) as server:
-        process: subprocess.Popen[bytes] = server.process
-    assert process.returncode is not None
+        deadline = time.monotonic() + 60
+        while log_path.read_text().count("webhook worker started") < 2:  # both processes are up
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        assert _stop(server.process) == 0
     text = log_path.read_text()
     assert text.count("webhook worker started") == 2  # one per serving process
     assert text.count("webhook worker stopped") == 2  # stopped by the lifespan on SIGTERM
