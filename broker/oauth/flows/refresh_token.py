@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -108,21 +109,16 @@ class RefreshTokenFlow(Flow):
         """A rotated token presented again: the same pair inside the grace window, else a replay."""
         grace = timedelta(seconds=runtime.settings.refresh_grace_seconds)
         assert token.rotated_at is not None  # noqa: S101 - checked by the caller
-        within_grace = request.now - token.rotated_at <= grace and token.retry_pair_enc is not None
-        if within_grace and token.successor_id is not None:
+        sealed = token.retry_pair_enc
+        within_grace = request.now - token.rotated_at <= grace and sealed is not None
+        if within_grace and token.successor_id is not None and sealed is not None:
             successor_used = await repository.successor_rotated(session, token.successor_id)
-            if not successor_used:
-                try:
+            # An unreadable retry pair (say, a shredded data key) is treated as a replay: fail closed.
+            with contextlib.suppress(EnvelopeError):
+                if not successor_used:
                     return await open_retry_pair(
-                        session,
-                        runtime.ring,
-                        token.id,
-                        grant.tenant_id,
-                        token.retry_pair_enc,  # type: ignore[arg-type]
-                        now=request.now,
+                        session, runtime.ring, token.id, grant.tenant_id, sealed, now=request.now
                     )
-                except EnvelopeError:
-                    pass  # an unreadable retry pair is treated as a replay: fail closed
         revoked = await repository.revoke_subtree(session, grant.id, "refresh_token.replayed", request.now)
         await audit.record(
             session,
