@@ -14,8 +14,6 @@ from broker.http import admin
 from broker.http.deps import RuntimeDep, SessionDep
 from broker.http.errors import request_id_of
 
-MAX_LIMIT_DIGITS = 6
-
 
 @get("/users/{user_id:str}/grants")
 async def user_grants(user_id: FromPath[str], session: SessionDep) -> schemas.UserGrantsOut:
@@ -36,7 +34,7 @@ async def tenant_grants(
     client_id: FromPath[str], request: Request[Any, Any, Any], session: SessionDep
 ) -> schemas.GrantPage:
     client_id = admin.path_param(client_id, "tenant")
-    limit = _limit(admin.query_param(request, "limit"))
+    limit = admin.page_limit(request, service.DEFAULT_PAGE_SIZE, service.MAX_PAGE_SIZE)
     live = _flag(admin.query_param(request, "live"), "live")
     async with session.begin():
         trees, next_after = await service.tenant_grants(
@@ -86,14 +84,6 @@ def _grant_id(raw: str) -> uuid.UUID:
         return uuid.UUID(admin.path_param(raw, "grant"))
     except ValueError:
         raise errors.NotFound("no grant with that id") from None
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return service.DEFAULT_PAGE_SIZE
-    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_LIMIT_DIGITS:
-        raise errors.ValidationFailed(f"limit must be an integer between 1 and {service.MAX_PAGE_SIZE}")
-    return int(raw)
 
 
 def _flag(raw: str | None, name: str) -> bool | None:

@@ -145,3 +145,16 @@ def path_param(value: str, what: str) -> str:
     if len(value) > MAX_PATH_PARAM_CHARS:
         raise errors.NotFound(f"no {what} with that id")
     return value
+
+
+MAX_LIMIT_DIGITS = 6
+
+
+def page_limit(request: Request[Any, Any, Any], default: int, maximum: int) -> int:
+    """The ``limit`` query parameter: ``default`` when absent, else digits only (the service checks the range)."""
+    raw = query_param(request, "limit")
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_LIMIT_DIGITS:
+        raise errors.ValidationFailed(f"limit must be an integer between 1 and {maximum}")
+    return int(raw)

@@ -16,7 +16,6 @@ from broker.http.errors import request_id_of
 from broker.tenants import schemas, secrets, service
 
 V = TypeVar("V")
-MAX_LIMIT_DIGITS = 6
 
 
 @post("/tenants", status_code=201)
@@ -41,7 +40,7 @@ async def create_tenant(
 
 @get("/tenants")
 async def list_tenants(request: Request[Any, Any, Any], session: SessionDep) -> schemas.TenantPage:
-    limit = _limit(admin.query_param(request, "limit"))
+    limit = admin.page_limit(request, service.DEFAULT_PAGE_SIZE, service.MAX_PAGE_SIZE)
     after = admin.query_param(request, "after")
     kind = admin.query_param(request, "kind")
     async with session.begin():
@@ -154,14 +153,6 @@ def _given(value: V | UnsetType) -> V | None:
 
 def _scopes(value: list[str] | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return service.DEFAULT_PAGE_SIZE
-    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_LIMIT_DIGITS:
-        raise errors.ValidationFailed(f"limit must be an integer between 1 and {service.MAX_PAGE_SIZE}")
-    return int(raw)
 
 
 router = Router(

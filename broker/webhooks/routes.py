@@ -8,13 +8,10 @@ from litestar import Request, Router, delete, get, patch, post
 from litestar.params import FromPath
 from msgspec import UnsetType
 
-from broker import errors
 from broker.http import admin
 from broker.http.deps import RuntimeDep, SessionDep
 from broker.http.errors import request_id_of
 from broker.webhooks import schemas, service
-
-MAX_LIMIT_DIGITS = 6
 
 
 @post("/webhook-endpoints", status_code=201)
@@ -127,7 +124,7 @@ async def send_test(
 
 @get("/webhook-deliveries")
 async def list_deliveries(request: Request[Any, Any, Any], session: SessionDep) -> schemas.DeliveryPage:
-    limit = _limit(admin.query_param(request, "limit"))
+    limit = admin.page_limit(request, service.DEFAULT_PAGE_SIZE, service.MAX_PAGE_SIZE)
     async with session.begin():
         page, next_after = await service.list_deliveries(
             session,
@@ -170,14 +167,6 @@ async def redeliver_dead(request: Request[Any, Any, Any], session: SessionDep) -
             session, endpoint_id=body.endpoint_id, actor=admin.actor_of(request), request_id=request_id_of(request)
         )
     return schemas.RedeliveredCount(redelivered=count)
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return service.DEFAULT_PAGE_SIZE
-    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_LIMIT_DIGITS:
-        raise errors.ValidationFailed(f"limit must be an integer between 1 and {service.MAX_PAGE_SIZE}")
-    return int(raw)
 
 
 router = Router(
