@@ -56,7 +56,7 @@ async def _seed(database: Database, spec: str, hash_key: str, tenant_count: int,
                 )
                 tenant_ids.append(tenant.id)
     finally:
-        await runtime.engine.dispose()
+        await runtime.close()
     ring: KeyRing = runtime.ring
     now = datetime.now(UTC)
     grants = [(uuid.uuid4(), t) for t in tenant_ids]
@@ -153,7 +153,7 @@ async def _left(url: str, spec: str, hash_key: str) -> int:
         async with runtime.sessions() as session, session.begin():
             return (await keys.status(session, runtime.ring)).pending()
     finally:
-        await runtime.engine.dispose()
+        await runtime.close()
 
 
 if __name__ == "__main__":

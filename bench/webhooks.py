@@ -149,7 +149,7 @@ async def _seed(settings: Settings, url: str, events: int) -> str:
                 await repository.insert_deliveries(session, rows)
         return secret
     finally:
-        await runtime.engine.dispose()
+        await runtime.close()
 
 
 def _wait_for(url: str, timeout: float = 30) -> None:

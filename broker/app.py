@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 yield
         finally:
             await ratelimit.close(app.state)
-            await runtime.engine.dispose()
+            await runtime.close()
 
     return Litestar(
         route_handlers=[

@@ -85,7 +85,7 @@ async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         yield value
     finally:
-        await value.engine.dispose()
+        await value.close()
 
 
 @pytest.fixture(scope="session")

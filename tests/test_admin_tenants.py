@@ -9,7 +9,7 @@ import pytest
 
 from broker import errors
 from broker.http.auth import Credentials
-from broker.tenants import service as tenants
+from broker.tenants import clients
 from tests.admin_helpers import assert_error, audit_events, bearer, issue_key
 
 TENANT_FIELDS = {
@@ -40,11 +40,10 @@ async def _create(client: Any, headers: dict[str, str], **fields: Any) -> dict[s
 
 
 async def _authenticates(runtime, client_id: str, secret: str) -> bool:
-    async with runtime.sessions() as session:
-        try:
-            await tenants.authenticate(session, runtime.ring, Credentials(client_id, secret))
-        except errors.InvalidClient:
-            return False
+    try:
+        await clients.authenticate(runtime, Credentials(client_id, secret))
+    except errors.InvalidClient:
+        return False
     return True
 
 

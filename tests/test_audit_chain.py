@@ -120,7 +120,7 @@ async def test_two_sealers_at_once_build_one_consistent_chain(make_tenant, setti
         assert [r.seq for r in rows] == list(range(1, 202))
     finally:
         for runtime in replicas:
-            await runtime.engine.dispose()
+            await runtime.close()
 
 
 async def test_serving_processes_seal_in_the_background(make_tenant, settings, sessions):
@@ -139,7 +139,7 @@ async def test_serving_processes_seal_in_the_background(make_tenant, settings, s
                 await asyncio.sleep(0.05)
         assert unsealed == 0
     finally:
-        await runtime.engine.dispose()
+        await runtime.close()
 
 
 def _verify_cli(*args: str) -> Any:

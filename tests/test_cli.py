@@ -15,6 +15,7 @@ from broker import errors
 from broker.audiences import service as audiences
 from broker.cli.main import cli
 from broker.http.auth import Credentials
+from broker.tenants import clients
 from broker.tenants import service as tenants
 from tests.admin_helpers import bearer
 
@@ -49,11 +50,10 @@ def broker_json(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 async def _authenticates(runtime, client_id: str, secret: str) -> bool:
-    async with runtime.sessions() as session:
-        try:
-            tenant = await tenants.authenticate(session, runtime.ring, Credentials(client_id, secret))
-        except errors.InvalidClient:
-            return False
+    try:
+        tenant = await clients.authenticate(runtime, Credentials(client_id, secret))
+    except errors.InvalidClient:
+        return False
     return tenant.client_id == client_id
 
 

@@ -121,7 +121,7 @@ async def test_sigkill_under_load_loses_nothing_and_broker_check_is_clean(settin
             await add_member(runtime.sessions, urn, partner.tenant_id)
             await allow(runtime.sessions, lender.tenant_id, urn=urn)
         finally:
-            await runtime.engine.dispose()
+            await runtime.close()
 
         server = Server({"BROKER_DATABASE_URL": url, "BROKER_REFRESH_GRACE_SECONDS": "120"})
         server.start()

@@ -100,7 +100,7 @@ async def _setup(url: str, settings) -> Client:
                 session, runtime.ring, tenants.TenantSpec(name="outage lender"), actor="test", request_id=None
             )
     finally:
-        await runtime.engine.dispose()
+        await runtime.close()
     return Client(tenant.client_id, secret, tenant.id)
 
 

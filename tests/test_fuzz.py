@@ -54,7 +54,7 @@ async def _credentials(url: str) -> dict[str, str]:
                 session, runtime.ring, name="fuzz", scope="write", actor="test", request_id=None
             )
     finally:
-        await runtime.engine.dispose()
+        await runtime.close()
     return {"client_id": tenant.client_id, "secret": secret, "admin_key": key}
 
 

@@ -41,7 +41,7 @@ async def world(settings):
         await allow(runtime.sessions, made[0].tenant_id, urn=urn)
         async with AsyncTestClient(app=create_app(own), base_url="http://broker.test") as client:
             yield {"url": url, "runtime": runtime, "client": client, "lender": made[0], "partner": made[1], "urn": urn}
-        await runtime.engine.dispose()
+        await runtime.close()
 
 
 async def _token(client, creds, **body):

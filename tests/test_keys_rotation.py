@@ -28,10 +28,12 @@ from broker.crypto import envelope
 from broker.crypto.keyring import generate_key
 from broker.db import migrate
 from broker.db.models import RefreshToken, User, WebhookEndpoint
+from broker.http.auth import Credentials
 from broker.keys import reencrypt
 from broker.keys import service as keys
 from broker.oauth import service as oauth
 from broker.settings import Settings
+from broker.tenants import clients
 from broker.tenants import service as tenants
 from broker.users import service as users
 from broker.webhooks import outbox
@@ -188,13 +190,9 @@ async def _seed(runtime, lenders: list[Client]) -> tuple[list[tuple[Client, str]
     issued: list[tuple[Client, str]] = []
     people: list[tuple[Client, str, str, str]] = []
     for lender in lenders:
-        async with runtime.sessions() as session:
-            tenant = await tenants.get_tenant(session, lender.client_id)
+        tenant = await clients.authenticate(runtime, Credentials(lender.client_id, lender.secret))
         for i in range(4):
-            async with runtime.sessions() as session:
-                pair = await oauth.issue_token(
-                    session, runtime, tenant, {"grant_type": ["client_credentials"]}, f"s{i}"
-                )
+            pair = await oauth.issue_token(runtime, tenant, {"grant_type": ["client_credentials"]}, f"s{i}")
             issued.append((lender, pair.refresh_token))
         for i in range(2):
             async with runtime.sessions() as session:
@@ -230,7 +228,7 @@ async def test_rotation_and_reencryption_under_load_on_two_replicas(scratch):
             actor="test",
             request_id=None,
         )
-    await seed.engine.dispose()
+    await seed.close()
     ops, other_replica = runtime_for(scratch, R_ACTIVE), runtime_for(scratch, R_ACTIVE)
     async with contextlib.AsyncExitStack() as replicas:
         old_replica = await replicas.enter_async_context(contextlib.AsyncExitStack())
@@ -268,7 +266,7 @@ async def test_rotation_and_reencryption_under_load_on_two_replicas(scratch):
             )
         await asyncio.sleep(0.3)
         await load.finish()
-    await other_replica.engine.dispose()
+    await other_replica.close()
     assert not load.failures, load.failures[:5]
     assert load.requests > 50
     assert sum(r.data_keys for r in runs) >= len(lenders)  # each rewrapped once, by either run
@@ -289,7 +287,7 @@ async def test_rotation_and_reencryption_under_load_on_two_replicas(scratch):
         async with ops.sessions() as session:
             await keys.check_retire(session, ops.ring, "k1")
     finally:
-        await ops.engine.dispose()
+        await ops.close()
     final = runtime_for(scratch, R2)
     try:
         opened = await open_everything(final)  # every sealed value opens with k2 alone
@@ -301,7 +299,7 @@ async def test_rotation_and_reencryption_under_load_on_two_replicas(scratch):
         aad = outbox.endpoint_secret_aad(lenders[2].tenant_id, endpoint.id)
         assert envelope.open_(final.ring, endpoint.secret_enc, aad).decode() == signing_secret
     finally:
-        await final.engine.dispose()
+        await final.close()
     async with in_process(scratch, R2) as retired:  # starts only if nothing needs k1 any more
         await _verify_all(retired, load, legacy_tokens, seeded_users)
 
@@ -310,15 +308,13 @@ async def _seed_legacy_rows(url: str, keys: str, n: int) -> Client:
     runtime = runtime_for(url, keys)
     try:
         lender = await _tenant(runtime, "legacy lender")
-        async with runtime.sessions() as session:
-            tenant = await tenants.get_tenant(session, lender.client_id)
+        tenant = await clients.authenticate(runtime, Credentials(lender.client_id, lender.secret))
         for i in range(n):
-            async with runtime.sessions() as session:
-                await oauth.issue_token(session, runtime, tenant, {"grant_type": ["client_credentials"]}, f"seed-{i}")
+            await oauth.issue_token(runtime, tenant, {"grant_type": ["client_credentials"]}, f"seed-{i}")
         await make_legacy(runtime, lender.tenant_id, drop_data_key=False)
         return lender
     finally:
-        await runtime.engine.dispose()
+        await runtime.close()
 
 
 async def test_reencryption_killed_half_way_resumes_and_completes(scratch):
@@ -351,12 +347,12 @@ async def test_reencryption_killed_half_way_resumes_and_completes(scratch):
         assert resumed["unreadable"] == []
         assert await v1_rows(probe) == 0
     finally:
-        await probe.engine.dispose()
+        await probe.close()
     final = runtime_for(scratch, R2)
     try:
         assert (await open_everything(final))["refresh_tokens.token_enc"] == rows
     finally:
-        await final.engine.dispose()
+        await final.close()
     retired = cli(ring_env(scratch, R_ACTIVE), "keys", "retire", "k1")
     assert "BROKER_KEYS=k2:" in retired.stdout
     assert "k1:" not in retired.stdout
@@ -368,12 +364,10 @@ async def test_pending_counts_and_rewrap_in_process(scratch):
     runtime = runtime_for(scratch, R1)
     try:
         lenders = [await _tenant(runtime, f"t{i}") for i in range(3)]
-        async with runtime.sessions() as session:
-            tenant = await tenants.get_tenant(session, lenders[0].client_id)
-        async with runtime.sessions() as session:
-            await oauth.issue_token(session, runtime, tenant, {"grant_type": ["client_credentials"]}, "r")
+        tenant = await clients.authenticate(runtime, Credentials(lenders[0].client_id, lenders[0].secret))
+        await oauth.issue_token(runtime, tenant, {"grant_type": ["client_credentials"]}, "r")
     finally:
-        await runtime.engine.dispose()
+        await runtime.close()
     rotated = runtime_for(scratch, R_ACTIVE)
     try:
         async with rotated.sessions() as session:
@@ -386,4 +380,4 @@ async def test_pending_counts_and_rewrap_in_process(scratch):
         async with rotated.sessions() as session:
             assert await reencrypt.pending(session, rotated.ring) == 0
     finally:
-        await rotated.engine.dispose()
+        await rotated.close()

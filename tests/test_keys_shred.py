@@ -88,7 +88,7 @@ async def test_a_key_created_in_a_rolled_back_transaction_is_never_cached(make_t
             assert await sealing.current_data_key(session, replica.ring, lender.tenant_id) == committed
         assert replica.ring.data_keys.current(lender.tenant_id) == committed  # read once committed: cached
     finally:
-        await replica.engine.dispose()
+        await replica.close()
 
 
 async def test_the_cache_serves_seals_without_a_query_and_expires(make_tenant, settings):
@@ -103,7 +103,7 @@ async def test_the_cache_serves_seals_without_a_query_and_expires(make_tenant, s
         assert replica.ring.data_keys.current(lender.tenant_id) is None
         assert replica.ring.data_keys.get(first.id) is None
     finally:
-        await replica.engine.dispose()
+        await replica.close()
 
 
 async def test_shredding_one_tenant_makes_its_tokens_and_users_unusable_and_leaves_others(  # noqa: PLR0917
@@ -178,7 +178,7 @@ async def test_shredding_one_tenant_makes_its_tokens_and_users_unusable_and_leav
                     await sealing.open_(session, fresh.ring, row.token_enc, row_aad)
                 assert row.retry_pair_enc is None
     finally:
-        await fresh.engine.dispose()
+        await fresh.close()
 
     # a replica that still has the shredded key cached (for up to BROKER_DATA_KEY_CACHE_SECONDS) may seal a
     # new user under it; readers then find that user's data gone, never a 500
@@ -207,7 +207,7 @@ async def test_shredding_one_tenant_makes_its_tokens_and_users_unusable_and_leav
     async with replica.sessions() as session, session.begin():
         renewed = await sealing.current_data_key(session, replica.ring, world.lender.tenant_id)
     assert renewed.id != cached.id
-    await replica.engine.dispose()
+    await replica.close()
 
     # the other tenant is untouched; the shredded one carries on with a new data key
     assert (await _refresh(client, other, kept["refresh_token"])).status_code == 200

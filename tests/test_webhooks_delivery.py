@@ -287,8 +287,8 @@ async def test_two_workers_with_their_own_engines_never_post_one_delivery_at_onc
         assert one.delivered > 0
         assert two.delivered > 0  # both took a share
     finally:
-        await first.engine.dispose()
-        await second.engine.dispose()
+        await first.close()
+        await second.close()
     assert len(rows) == total
     assert len(h.receiver.events()) == total  # each delivered exactly once
     assert len({r.event_id for r in h.receiver.events()}) == total
@@ -485,4 +485,4 @@ async def test_a_worker_without_a_database_keeps_running(settings):
         assert worker._claim_failures == 2  # it backs off (0.5 s * 2**n, at most 30 s) instead of spinning
         assert worker._claim_pause_until > time.monotonic() + 1
     finally:
-        await broken.engine.dispose()
+        await broken.close()

@@ -127,7 +127,7 @@ def worker(no_migrate: bool) -> None:
         try:
             await delivery.run_forever(runtime)
         finally:
-            await runtime.engine.dispose()
+            await runtime.close()
 
     click.echo("broker webhook worker running (Ctrl-C to stop)", err=True)
     asyncio.run(_run())

@@ -11,19 +11,24 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 from broker import errors
 from broker.http import ratelimit
-from broker.tenants import service as tenants
+from broker.tenants import clients
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from litestar import Request
-    from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.context import Runtime
-    from broker.db.models import Tenant
+    from broker.tenants.clients import AuthenticatedClient
+
+
+T = TypeVar("T")
+_FRESH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, repr=False)
@@ -113,19 +118,49 @@ def bearer_token(headers: Any) -> str | None:  # noqa: ANN401
 
 
 async def authenticate_client(
-    request: Request[Any, Any, Any], runtime: Runtime, session: AsyncSession, body: dict[str, Any]
-) -> Tenant:
+    request: Request[Any, Any, Any], runtime: Runtime, body: dict[str, Any], *, cached: bool = False
+) -> AuthenticatedClient:
     """Authenticate the calling client from ``request`` and its parsed ``body``; note it for the access log.
 
     Failed attempts are throttled per client id and source address (:mod:`broker.http.ratelimit`).
+    ``cached`` lets a cached snapshot answer; only for callers that re-check it in their own statement
+    (:mod:`broker.tenants.clients`).
     """
     credentials = extract_credentials(request.headers, body)
     throttle, address = ratelimit.of(request.app.state, runtime.settings), ratelimit.address_of(request.scope)
     await throttle.check(credentials.client_id, address)
     try:
-        client = await tenants.authenticate(session, runtime.ring, credentials)
+        client = await clients.authenticate(runtime, credentials, cached=cached)
     except errors.InvalidClient:
         await throttle.failed(credentials.client_id, address)
         raise
     request.scope.setdefault("state", {})["client_id"] = client.client_id
     return client
+
+
+async def as_client(
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    body: dict[str, Any],
+    work: Callable[[AuthenticatedClient], Awaitable[T]],
+) -> T:
+    """Authenticate (from the client cache when possible) and run ``work`` for the client.
+
+    ``work`` must re-check the snapshot in its statement and raise ``StaleClient`` when it no longer
+    holds, having written nothing (:mod:`broker.tenants.clients`); it then runs again with a snapshot
+    read from the database. A refusal (any ``BrokerError``) based on a cached snapshot is also re-checked
+    once against a fresh read, so a stale cache can never refuse what the database now allows.
+    """
+    client = await authenticate_client(request, runtime, body, cached=True)
+    for _ in range(_FRESH_ATTEMPTS):
+        try:
+            return await work(client)
+        except clients.StaleClient:
+            pass
+        except errors.BrokerError:
+            if not client.from_cache:
+                raise
+        runtime.clients.evict(client.client_id)
+        client = await authenticate_client(request, runtime, body)
+    # The tenant changed under every attempt: answer as for any other failed authentication.
+    raise errors.InvalidClient("client authentication failed", debug="client changed during the request")

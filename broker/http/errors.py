@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("broker.http")
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
 
 _PLAID_FOR_OAUTH: Mapping[type[errors.OAuthError], type[errors.PlaidError]] = {
     errors.InvalidClient: errors.InvalidApiKeys,
@@ -67,6 +69,12 @@ def _is_db_unavailable(exc: Exception) -> bool:
     if isinstance(exc, DBAPIError):
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
         return exc.connection_invalidated or sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+    # The hot paths use asyncpg directly (broker.db.hotpath): its own errors, unwrapped.
+    if isinstance(exc, asyncpg.InterfaceError):  # connection closed, pool closing
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = str(exc.sqlstate or "")
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
     return isinstance(exc, OSError)
 
 

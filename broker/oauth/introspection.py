@@ -7,25 +7,32 @@ Invariants:
     * ``aud`` is always a string (the comma-joined parties, the target client, or the resource):
       plaid-python rejects an array.
     * An introspection by anyone but the owner tenant is audited.
+    * One statement per introspection, on the asyncpg pool (:mod:`broker.db.hotpath`): it reads the
+      token, its grant, the ancestors' liveness, the caller's party row, the requester, holder and user,
+      and writes the audit event when there is one. When the caller is the owner nothing is written,
+      so the statement commits without a WAL flush.
+    * The statement re-checks the caller's cached authentication (``clients.STILL_VALID``) and raises
+      ``StaleClient`` with nothing written when it no longer holds (see ``flows.client_credentials``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from broker.audit import service as audit
 from broker.crypto import tokens
+from broker.db.hotpath import register
 from broker.oauth import repository
-from broker.oauth.flows.base import grant_is_live
+from broker.tenants.clients import STILL_VALID, StaleClient
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.context import Runtime
-    from broker.db.models import Tenant
+    from broker.tenants.clients import AuthenticatedClient
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,9 @@ def token_kind(token: str) -> str | None:
     return None
 
 
-async def describe(session: AsyncSession, runtime: Runtime, caller: Tenant, token: str) -> tuple[str, Row[Any]] | None:
+async def describe(
+    session: AsyncSession, runtime: Runtime, caller: AuthenticatedClient, token: str
+) -> tuple[str, Row[Any]] | None:
     """Look a token up (one query) with what visibility and liveness checks need."""
     kind = token_kind(token)
     if kind is None:
@@ -65,7 +74,7 @@ async def describe(session: AsyncSession, runtime: Runtime, caller: Tenant, toke
     return None if row is None else (kind, row)
 
 
-def visible_to(row: Row[Any], caller: Tenant) -> bool:
+def visible_to(row: Row[Any], caller: AuthenticatedClient) -> bool:
     """Whether ``caller`` is the owner, requester, holder or an active party of the token's grant."""
     grant = row.Grant
     return caller.id in {grant.tenant_id, grant.requester_tenant_id, grant.holder_tenant_id} or bool(
@@ -73,47 +82,98 @@ def visible_to(row: Row[Any], caller: Tenant) -> bool:
     )
 
 
+def _statement(kind: str) -> str:
+    """The describe-and-audit statement for an access or a refresh token (parameters in ``introspect``)."""
+    token_table, token_columns = {
+        "access": ("access_tokens", "tok.scopes AS token_scopes, NULL::timestamptz AS rotated_at"),
+        "refresh": ("refresh_tokens", "NULL::text[] AS token_scopes, tok.rotated_at"),
+    }[kind]
+    still_valid = STILL_VALID.format(tenant="$2::uuid", updated_at="$3::timestamptz", secret="$4::uuid")
+    return f"""
+WITH ok AS ({still_valid}),
+d AS (
+    SELECT tok.expires_at, tok.revoked_at AS token_revoked_at, tok.created_at AS issued_at, {token_columns},
+           g.id AS grant_id, g.tenant_id, g.scopes AS grant_scopes, g.audience, g.revoked_at AS grant_revoked_at,
+           EXISTS (SELECT 1 FROM grants AS ancestor
+                   WHERE ancestor.id = any(g.path) AND ancestor.revoked_at IS NOT NULL) AS ancestor_revoked,
+           ($2::uuid = g.tenant_id OR $2::uuid = g.requester_tenant_id
+            OR $2::uuid IS NOT DISTINCT FROM g.holder_tenant_id
+            OR EXISTS (SELECT 1 FROM grant_parties AS p
+                       WHERE p.grant_id = g.id AND p.tenant_id = $2::uuid AND p.withdrawn_at IS NULL)) AS visible,
+           requester.client_id AS requester_client_id, holder.client_id AS holder_client_id, u.user_id
+    FROM {token_table} AS tok
+    JOIN grants AS g ON g.id = tok.grant_id
+    JOIN tenants AS requester ON requester.id = g.requester_tenant_id
+    LEFT JOIN tenants AS holder ON holder.id = g.holder_tenant_id
+    LEFT JOIN users AS u ON u.id = g.user_pk
+    WHERE tok.digest = $1::bytea
+),
+audited AS (
+    INSERT INTO audit_events (tenant_id, request_id, actor, action, outcome, grant_id, user_id, detail)
+    SELECT d.tenant_id, $5::text, $6::text, 'token.introspected',
+           CASE WHEN d.visible THEN 'success' ELSE 'denied' END, d.grant_id, d.user_id, $7::jsonb
+    FROM d
+    WHERE d.tenant_id <> $2::uuid AND EXISTS (SELECT 1 FROM ok)
+)
+SELECT EXISTS (SELECT 1 FROM ok) AS authorized, d.* FROM (SELECT 1) AS one LEFT JOIN d ON true
+"""  # noqa: S608 - constants only
+
+
+_STILL_VALID = register(
+    "SELECT EXISTS ({})".format(STILL_VALID.format(tenant="$1::uuid", updated_at="$2::timestamptz", secret="$3::uuid"))
+)
+_DESCRIBE = {kind: register(_statement(kind)) for kind in ("access", "refresh")}
+_AUDIT_DETAIL = {kind: json.dumps({"token_kind": kind}) for kind in ("access", "refresh")}
+
+
 async def introspect(
-    session: AsyncSession, runtime: Runtime, caller: Tenant, token: str, request_id: str
+    runtime: Runtime, caller: AuthenticatedClient, token: str, request_id: str
 ) -> Introspection | None:
-    """Describe ``token`` to ``caller``, or None when it must be reported inactive."""
-    now = datetime.now(UTC)
-    async with session.begin():
-        found = await describe(session, runtime, caller, token)
-        if found is None:
-            return None
-        kind, row = found
-        grant = row.Grant
-        visible = visible_to(row, caller)
-        if caller.id != grant.tenant_id:
-            await audit.record(
-                session,
-                action="token.introspected",
-                actor=caller.client_id,
-                tenant_id=grant.tenant_id,
-                request_id=request_id,
-                grant_id=grant.id,
-                user_id=row.user_id,
-                outcome="success" if visible else "denied",
-                detail={"token_kind": kind},
-            )
-    if not visible:
+    """Describe ``token`` to ``caller`` in one statement, or None when it must be reported inactive.
+
+    Raises:
+        StaleClient: the caller's cached authentication no longer holds; nothing was written.
+    """
+    kind = token_kind(token)
+    if kind is None:  # never looked up; the caller's snapshot is still checked
+        if not await runtime.hot.fetchval(_STILL_VALID, caller.id, caller.updated_at, caller.secret_id):
+            raise StaleClient
         return None
-    live = grant_is_live(grant, row.ancestor_revoked) and row.token_revoked_at is None and row.expires_at > now
-    if kind == "refresh" and row.rotated_at is not None:
-        live = False
+    row = await runtime.hot.fetchrow(
+        _DESCRIBE[kind],
+        tokens.digest(runtime.ring.hash_key, token),
+        caller.id,
+        caller.updated_at,
+        caller.secret_id,
+        request_id,
+        caller.client_id,
+        _AUDIT_DETAIL[kind],
+    )
+    if row is None or not row["authorized"]:
+        raise StaleClient
+    if row["grant_id"] is None or not row["visible"]:
+        return None
+    now = datetime.now(UTC)
+    live = (
+        row["grant_revoked_at"] is None
+        and not row["ancestor_revoked"]
+        and row["token_revoked_at"] is None
+        and row["rotated_at"] is None
+        and row["expires_at"] > now
+    )
     if not live:
         return None
-    client_id = row.holder_client_id or row.requester_client_id
-    scopes = row.token_scopes if kind == "access" else grant.scopes
+    client_id: str = row["holder_client_id"] or row["requester_client_id"]
+    user_id: str | None = row["user_id"]
+    token_scopes = row["token_scopes"] if kind == "access" else row["grant_scopes"]
     return Introspection(
-        scope=" ".join(scopes),
+        scope=" ".join(token_scopes),
         client_id=client_id,
-        sub=row.user_id or client_id,
-        aud=grant.audience,
+        sub=user_id or client_id,
+        aud=row["audience"],
         iss=runtime.settings.issuer,
-        exp=int(row.expires_at.timestamp()),
-        iat=int(row.issued_at.timestamp()),
+        exp=int(row["expires_at"].timestamp()),
+        iat=int(row["issued_at"].timestamp()),
         token_type="Bearer" if kind == "access" else "refresh_token",
-        user_id=row.user_id,
+        user_id=user_id,
     )

@@ -31,12 +31,14 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.context import Runtime
-    from broker.db.models import Tenant
+    from broker.tenants.clients import AuthenticatedClient
 
 AUDITED_IDS = 100
 
 
-async def revoke(session: AsyncSession, runtime: Runtime, caller: Tenant, token: str, request_id: str) -> None:
+async def revoke(
+    session: AsyncSession, runtime: Runtime, caller: AuthenticatedClient, token: str, request_id: str
+) -> None:
     """Revoke ``token`` on behalf of ``caller`` (see the module invariants)."""
     now = datetime.now(UTC)
     async with session.begin():

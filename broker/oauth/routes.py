@@ -7,23 +7,36 @@ from typing import Any
 from litestar import MediaType, Request, Response, Router, get, post
 
 from broker import scopes
-from broker.http.auth import authenticate_client
+from broker.context import Runtime
+from broker.http.auth import as_client, authenticate_client
 from broker.http.deps import RuntimeDep, SessionDep
 from broker.http.errors import NO_STORE, request_id_of
 from broker.http.params import oauth_params, required
 from broker.oauth import introspection, revocation, service
+from broker.oauth.flows import client_credentials
+from broker.oauth.flows.base import IssuedTokens
 from broker.oauth.flows.token_exchange import SUBJECT_TOKEN_TYPES
+from broker.oauth.introspection import Introspection
 from broker.oauth.schemas import IntrospectionResponse, RevokeResponse, ServerMetadata, TokenResponse
+from broker.tenants.clients import AuthenticatedClient
 
 AUTH_METHODS = ["client_secret_post", "client_secret_basic", "plaid_headers"]
 
 
 @post("/oauth/token", status_code=200, media_type=MediaType.JSON)
-async def token(request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep) -> Response[TokenResponse]:
+async def token(request: Request[Any, Any, Any]) -> Response[TokenResponse]:
+    runtime: Runtime = request.app.state.runtime  # not injected: the hot paths skip dependency resolution
     params = await oauth_params(request, multi=frozenset({"audience"}))
-    client = await authenticate_client(request, runtime, session, params)
     request_id = request_id_of(request)
-    issued = await service.issue_token(session, runtime, client, params, request_id)
+    if service.is_client_credentials(params):
+
+        async def issue(client: AuthenticatedClient) -> IssuedTokens:
+            return await client_credentials.issue(runtime, client, params, request_id)
+
+        issued = await as_client(request, runtime, params, issue)
+    else:
+        client = await authenticate_client(request, runtime, params)
+        issued = await service.issue_token(runtime, client, params, request_id)
     body = TokenResponse(
         access_token=issued.access_token,
         refresh_token=issued.refresh_token,
@@ -37,13 +50,15 @@ async def token(request: Request[Any, Any, Any], runtime: RuntimeDep, session: S
 
 
 @post("/oauth/introspect", status_code=200, media_type=MediaType.JSON)
-async def introspect(
-    request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep
-) -> Response[IntrospectionResponse]:
+async def introspect(request: Request[Any, Any, Any]) -> Response[IntrospectionResponse]:
+    runtime: Runtime = request.app.state.runtime
     params = await oauth_params(request)
-    client = await authenticate_client(request, runtime, session, params)
     request_id = request_id_of(request)
-    result = await introspection.introspect(session, runtime, client, required(params, "token"), request_id)
+
+    async def describe(client: AuthenticatedClient) -> Introspection | None:
+        return await introspection.introspect(runtime, client, required(params, "token"), request_id)
+
+    result = await as_client(request, runtime, params, describe)
     if result is None:
         return Response(IntrospectionResponse(active=False, request_id=request_id), headers=NO_STORE)
     body = IntrospectionResponse(
@@ -65,7 +80,7 @@ async def introspect(
 @post("/oauth/revoke", status_code=200, media_type=MediaType.JSON)
 async def revoke(request: Request[Any, Any, Any], runtime: RuntimeDep, session: SessionDep) -> Response[RevokeResponse]:
     params = await oauth_params(request)
-    client = await authenticate_client(request, runtime, session, params)
+    client = await authenticate_client(request, runtime, params)
     request_id = request_id_of(request)
     await revocation.revoke(session, runtime, client, required(params, "token"), request_id)
     return Response(RevokeResponse(request_id=request_id), headers=NO_STORE)
@@ -79,7 +94,7 @@ def metadata(runtime: RuntimeDep) -> ServerMetadata:
         token_endpoint=f"{issuer}/oauth/token",
         introspection_endpoint=f"{issuer}/oauth/introspect",
         revocation_endpoint=f"{issuer}/oauth/revoke",
-        grant_types_supported=sorted(service.FLOWS),
+        grant_types_supported=sorted(service.GRANT_TYPES),
         token_endpoint_auth_methods_supported=AUTH_METHODS,
         introspection_endpoint_auth_methods_supported=AUTH_METHODS,
         revocation_endpoint_auth_methods_supported=AUTH_METHODS,

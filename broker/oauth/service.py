@@ -10,28 +10,32 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from broker import errors
+from broker.oauth.flows import client_credentials
 from broker.oauth.flows.base import DeferredFailure, Flow, IssuedTokens, TokenRequest
-from broker.oauth.flows.client_credentials import ClientCredentialsFlow
 from broker.oauth.flows.refresh_token import RefreshTokenFlow
 from broker.oauth.flows.token_exchange import TokenExchangeFlow
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from sqlalchemy.ext.asyncio import AsyncSession
-
     from broker.context import Runtime
-    from broker.db.models import Tenant
+    from broker.tenants.clients import AuthenticatedClient
 
-FLOWS: Mapping[str, Flow] = {
-    f.grant_type: f for f in (ClientCredentialsFlow(), RefreshTokenFlow(), TokenExchangeFlow())
-}
+FLOWS: Mapping[str, Flow] = {f.grant_type: f for f in (RefreshTokenFlow(), TokenExchangeFlow())}
+"""The flows that run in an ORM session; ``client_credentials`` runs as one statement (its module)."""
+GRANT_TYPES = (client_credentials.GRANT_TYPE, *FLOWS)
+
+
+def is_client_credentials(params: dict[str, list[str]]) -> bool:
+    """Whether the request asks for ``client_credentials`` (served by ``oauth.fastpath``)."""
+    values = params.get("grant_type")
+    return values is not None and len(values) > 0 and values[0] == client_credentials.GRANT_TYPE
 
 
 async def issue_token(
-    session: AsyncSession, runtime: Runtime, client: Tenant, params: dict[str, list[str]], request_id: str
+    runtime: Runtime, client: AuthenticatedClient, params: dict[str, list[str]], request_id: str
 ) -> IssuedTokens:
-    """Run the flow named by ``grant_type`` for an authenticated client and commit.
+    """Run the flow named by ``grant_type`` for an authenticated client in one transaction, and commit.
 
     Raises:
         InvalidRequest: ``grant_type`` is missing.
@@ -41,12 +45,14 @@ async def issue_token(
     values = params.get("grant_type")
     if not values:
         raise errors.InvalidRequest("missing required parameter 'grant_type'")
+    if values[0] == client_credentials.GRANT_TYPE:
+        return await client_credentials.issue(runtime, client, params, request_id)
     flow = FLOWS.get(values[0])
     if flow is None:
         raise errors.UnsupportedGrantType("unsupported grant_type")
     request = TokenRequest(client=client, params=params, request_id=request_id, now=datetime.now(UTC))
     deferred: errors.BrokerError | None = None
-    async with session.begin():
+    async with runtime.sessions() as session, session.begin():
         try:
             issued = await flow.issue(session, runtime, request)
         except DeferredFailure as failure:

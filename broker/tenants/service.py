@@ -1,12 +1,10 @@
-"""Tenants: creation with a generated secret, administration, and client authentication."""
+"""Tenants: creation with a generated secret and administration (authentication: ``tenants.clients``)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from broker import errors, scopes
@@ -21,12 +19,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.crypto.keyring import KeyRing
-    from broker.http.auth import Credentials
-
-TOUCH_INTERVAL = timedelta(minutes=5)
-FAILURE_FLOOR_SECONDS = 0.02
-"""A failed authentication answers no sooner than this after it began (see :func:`authenticate`)."""
-_DUMMY_HASH = "hmac-sha256$" + "0" * 64
 
 
 @dataclass(frozen=True)
@@ -214,44 +206,4 @@ async def get_tenant(session: AsyncSession, client_id: str) -> Tenant:
     tenant = await repository.by_client_id(session, client_id)
     if tenant is None:
         raise errors.NotFound("no tenant with that client_id")
-    return tenant
-
-
-async def authenticate(session: AsyncSession, ring: KeyRing, credentials: Credentials) -> Tenant:
-    """Authenticate a client by id and secret. Runs its own short transaction.
-
-    Invariants: the secret is compared in constant time against every live secret of the client; an
-    unknown client id costs the same comparison, so timing does not reveal which ids exist; a
-    disabled tenant fails exactly like a wrong secret. A known id still costs the database and the ORM
-    a little more than an unknown one (a row is read), so every failure is answered no sooner than
-    :data:`FAILURE_FLOOR_SECONDS` after the call began: all failures take the same time, whatever
-    failed (tests/test_auth_timing.py), and the success path is not slowed.
-
-    Raises:
-        InvalidClient: unknown client, wrong secret, or disabled tenant.
-    """
-    started = time.monotonic()
-    try:
-        return await _authenticate(session, ring, credentials)
-    except errors.InvalidClient:
-        await asyncio.sleep(FAILURE_FLOOR_SECONDS - (time.monotonic() - started))
-        raise
-
-
-async def _authenticate(session: AsyncSession, ring: KeyRing, credentials: Credentials) -> Tenant:
-    async with session.begin():
-        rows = await repository.with_live_secrets(session, credentials.client_id)
-        matched: tuple[Tenant, ClientSecret] | None = None
-        if not rows:
-            # Unknown client id: spend the same comparison a known one costs.
-            tokens.verify_secret(ring.hash_key, credentials.secret, _DUMMY_HASH)
-        for candidate in rows:
-            if tokens.verify_secret(ring.hash_key, credentials.secret, candidate[1].secret_hash):
-                matched = candidate
-        if matched is None or matched[0].status != "active":
-            raise errors.InvalidClient("client authentication failed", debug="unknown client, bad secret or disabled")
-        tenant, secret = matched
-        now = datetime.now(UTC)
-        if secret.last_used_at is None or now - secret.last_used_at > TOUCH_INTERVAL:
-            await repository.touch_secret(session, secret.id)
     return tenant

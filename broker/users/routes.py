@@ -19,7 +19,7 @@ async def user_create(
 ) -> schemas.UserCreateResponse:
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserCreateRequest)
-    tenant = await authenticate_client(request, runtime, session, body)
+    tenant = await authenticate_client(request, runtime, body)
     request_id = request_id_of(request)
     created = await service.create_user(
         session,
@@ -41,7 +41,7 @@ async def user_get(
 ) -> schemas.UserGetResponse:
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserGetRequest)
-    tenant = await authenticate_client(request, runtime, session, body)
+    tenant = await authenticate_client(request, runtime, body)
     user = await service.get_user(
         session, runtime.ring, tenant_id=tenant.id, user_id=req.user_id, user_token=req.user_token
     )
@@ -62,7 +62,7 @@ async def user_update(
 ) -> schemas.UserUpdateResponse:
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserUpdateRequest)
-    tenant = await authenticate_client(request, runtime, session, body)
+    tenant = await authenticate_client(request, runtime, body)
     request_id = request_id_of(request)
     await service.update_user(
         session,
@@ -84,7 +84,7 @@ async def user_remove(
 ) -> schemas.UserRemoveResponse:
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserRemoveRequest)
-    tenant = await authenticate_client(request, runtime, session, body)
+    tenant = await authenticate_client(request, runtime, body)
     request_id = request_id_of(request)
     await service.remove_user(
         session,

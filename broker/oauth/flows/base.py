@@ -22,9 +22,9 @@ from broker import errors
 from broker.audit import service as audit
 from broker.crypto import envelope, tokens
 from broker.db.models import Grant as GrantRow
-from broker.db.models import Tenant
 from broker.keys import sealing
 from broker.oauth import repository
+from broker.tenants.clients import AuthenticatedClient
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,7 +52,7 @@ class DeferredFailure(Exception):
 class TokenRequest:
     """An authenticated token request: the calling client and its parameters."""
 
-    client: Tenant
+    client: AuthenticatedClient
     params: dict[str, list[str]]
     request_id: str
     now: datetime

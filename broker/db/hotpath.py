@@ -1,0 +1,129 @@
+"""A plain asyncpg pool for the hot paths: one prepared statement, one round trip, no ORM.
+
+``/oauth/token`` (``client_credentials``) and ``/oauth/introspect`` answer with a single statement each
+(broker.oauth.fastpath). Through SQLAlchemy a statement costs about a millisecond of Python on our
+machines before it reaches the wire; through asyncpg's prepared-statement cache it costs a tenth of
+that. Everything else keeps the SQLAlchemy engine.
+
+Invariants:
+    * No session state: every statement runs in autocommit (its own implicit transaction), so a
+      connection can go back to the pool, or through a transaction-mode pooler, between statements.
+    * The pool is sized once (``BROKER_DB_POOL_SIZE``) and never closes idle connections under load:
+      no reconnect, re-parse or type introspection in the middle of a burst. New connections prepare
+      the registered hot statements when they are opened (:func:`register`), which also runs asyncpg's
+      type introspection for their array and uuid types before any request needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from broker.settings import Settings
+
+_PREPARED: list[str] = []
+
+
+def register(sql: str) -> str:
+    """Declare a hot statement: every new pooled connection prepares it. Returns ``sql``."""
+    _PREPARED.append(sql)
+    return sql
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """Asyncpg connection arguments for the configured database (the same server settings as the engine)."""
+    url = make_url(settings.async_database_url)
+    kwargs: dict[str, Any] = {
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+        "host": url.query.get("host", url.host),
+        "port": url.port,
+    }
+    kwargs = {key: value for key, value in kwargs.items() if value not in (None, "")}
+    kwargs["timeout"] = 10
+    kwargs["command_timeout"] = settings.db_statement_timeout_ms / 1000 + 5
+    kwargs["server_settings"] = {
+        "application_name": "broker",
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "lock_timeout": str(settings.db_statement_timeout_ms),
+        "idle_in_transaction_session_timeout": "60000",
+    }
+    return kwargs
+
+
+async def _prepare_hot_statements(connection: asyncpg.Connection) -> None:
+    for sql in _PREPARED:
+        await connection.prepare(sql)
+
+
+async def _reset(connection: asyncpg.Connection) -> None:
+    """Hand a connection back without asyncpg's default reset round trip (``RESET ALL``, ``UNLISTEN *`` ...).
+
+    Hot statements leave no session state to reset: no ``SET``, no ``LISTEN``, no advisory lock, and no
+    transaction, unless a statement was interrupted midway, which is rolled back here.
+    """
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+class HotPool:
+    """The process's asyncpg pool, opened on first use (a plain class: Litestar inspects dataclasses)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"HotPool(open={self._pool is not None})"
+
+    async def _open(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pool is None:
+                size = self._settings.db_pool_size
+                self._pool = await asyncpg.create_pool(
+                    min_size=min(2, size),
+                    max_size=size,
+                    max_inactive_connection_lifetime=300,
+                    init=_prepare_hot_statements,
+                    reset=_reset,
+                    **connect_kwargs(self._settings),
+                )
+            return self._pool
+
+    async def fetchrow(self, sql: str, *args: object) -> asyncpg.Record | None:
+        """Run one statement in autocommit and return its first row."""
+        pool = self._pool or await self._open()
+        async with pool.acquire() as connection:
+            row: asyncpg.Record | None = await connection.fetchrow(sql, *args)
+            return row
+
+    async def fetchval(self, sql: str, *args: object) -> object:
+        """Run one statement in autocommit and return the first column of its first row."""
+        pool = self._pool or await self._open()
+        async with pool.acquire() as connection:
+            return await connection.fetchval(sql, *args)
+
+    async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        """Run one statement in autocommit and return every row (small results only)."""
+        pool = self._pool or await self._open()
+        async with pool.acquire() as connection:
+            rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+            return rows
+
+    async def execute(self, sql: str, *args: object) -> None:
+        """Run one statement in autocommit."""
+        pool = self._pool or await self._open()
+        async with pool.acquire() as connection:
+            await connection.execute(sql, *args)
+
+    async def close(self) -> None:
+        """Close every pooled connection (at shutdown)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
