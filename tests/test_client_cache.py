@@ -8,6 +8,7 @@ re-check their cached snapshot inside the statement that does their work.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -17,7 +18,7 @@ from broker.tenants import service as tenants
 from tests.oauth_helpers import introspect, post_token, token_ok
 
 
-async def _warm(client, creds) -> dict:
+async def _warm(client, creds) -> dict[str, Any]:
     """Two requests, so that the second one certainly answered from the cache."""
     await token_ok(client, creds, grant_type="client_credentials")
     return await token_ok(client, creds, grant_type="client_credentials")
@@ -34,7 +35,7 @@ async def _rows_of(sessions, tenant_id: uuid.UUID) -> tuple[int, int, int, int]:
                 select(func.count()).where(AuditEvent.tenant_id == tenant_id, AuditEvent.action == "token.issued")
             )
         )
-    return tuple(counts)  # type: ignore[return-value]
+    return tuple(counts)
 
 
 async def test_a_secret_revoked_elsewhere_stops_working_on_the_next_request(client, runtime, sessions, make_tenant):
