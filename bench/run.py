@@ -438,14 +438,31 @@ def _pool_size(bench: Bench, issued: dict[int, float], connections: int) -> int:
     return math.ceil(issued[connections] * bench.config.seconds * POOL_MARGIN) + 100
 
 
+CALIBRATION_TOKENS = 400  # tokens spent measuring a once-only scenario's rate before its pools are minted
+
+
+def _calibrated(bench: Bench, issued: dict[int, float], load: Load, connections: int) -> dict[int, float]:
+    """The rates that size a once-only scenario's pools.
+
+    Its own rate, measured on a small unrecorded pool at the top level, where that is below
+    client_credentials' (rotation and revocation are slower than issuance).
+    """
+    rate = max(bench.wrk(connections, load)[0].rps, 1.0)
+    return {c: min(issued[c], rate) for c in bench.config.connections}
+
+
 def run_refresh(bench: Bench, issued: dict[int, float]) -> None:
     """Rotation of second-generation refresh tokens, each presented once."""
     top = max(bench.config.connections)
-    total = sum(_pool_size(bench, issued, c) for c in bench.config.connections)
-    minted = bench.mint(total, top, issued[top])
-    second = bench.rotate([refresh for _, refresh in minted], top, issued[top])
     body = f"grant_type=refresh_token&{bench.world.lender.form}&refresh_token={{token}}"
-    for connections, pool in _once_pools(bench, issued, [refresh for _, refresh in second]).items():
+    probe = [refresh for _, refresh in bench.mint(CALIBRATION_TOKENS, top, issued[top])]
+    rates = _calibrated(
+        bench, issued, Load("calibrate rotation", "/oauth/token", body, probe, once=True, record=False, seconds=5), top
+    )
+    total = sum(_pool_size(bench, rates, c) for c in bench.config.connections)
+    minted = bench.mint(total, top, issued[top])
+    second = bench.rotate([refresh for _, refresh in minted], top, rates[top])
+    for connections, pool in _once_pools(bench, rates, [refresh for _, refresh in second]).items():
         load = Load("refresh_token (rotation)", "/oauth/token", body, pool, once=True, expect='"refresh_token"')
         bench.wrk(connections, load)
 
@@ -453,10 +470,14 @@ def run_refresh(bench: Bench, issued: dict[int, float]) -> None:
 def run_revoke(bench: Bench, issued: dict[int, float]) -> None:
     """Revocation of refresh tokens (grant and lineage), each presented once."""
     top = max(bench.config.connections)
-    total = sum(_pool_size(bench, issued, c) for c in bench.config.connections)
-    minted = bench.mint(total, top, issued[top])
     body = f"{bench.world.lender.form}&token={{token}}"
-    for connections, pool in _once_pools(bench, issued, [refresh for _, refresh in minted]).items():
+    probe = [refresh for _, refresh in bench.mint(CALIBRATION_TOKENS, top, issued[top])]
+    rates = _calibrated(
+        bench, issued, Load("calibrate revoke", "/oauth/revoke", body, probe, once=True, record=False, seconds=5), top
+    )
+    total = sum(_pool_size(bench, rates, c) for c in bench.config.connections)
+    minted = bench.mint(total, top, issued[top])
+    for connections, pool in _once_pools(bench, rates, [refresh for _, refresh in minted]).items():
         load = Load("revoke (refresh token)", "/oauth/revoke", body, pool, once=True, expect='"request_id"')
         bench.wrk(connections, load)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from broker.db.models import AuditChain, AuditEvent, Grant, GrantParty, Tenant, User
@@ -70,15 +70,17 @@ async def unsealed(session: AsyncSession, tenant_id: uuid.UUID | None, limit: in
     return result.all()
 
 
+_STORE_LINKS = text(
+    "UPDATE audit_events AS e SET seq = v.seq, hash = v.hash "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:hashes AS bytea[])) AS v(id, seq, hash) "
+    "WHERE e.id = v.id"
+)
+
+
 async def store_links(session: AsyncSession, links: Sequence[tuple[int, int, bytes]]) -> None:
-    """Write ``(event id, seq, hash)`` for sealed events."""
-    table = AuditEvent.__table__
-    statement = (
-        update(table)  # type: ignore[arg-type]
-        .where(table.c.id == bindparam("event_id"))
-        .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-    )
-    await session.execute(statement, [{"event_id": i, "new_seq": s, "new_hash": h} for i, s, h in links])
+    """Write ``(event id, seq, hash)`` for sealed events, in one statement whatever their number."""
+    ids, seqs, hashes = (list(column) for column in zip(*links, strict=True)) if links else ([], [], [])
+    await session.execute(_STORE_LINKS, {"ids": ids, "seqs": seqs, "hashes": hashes})
 
 
 async def move_head(session: AsyncSession, chain_id: uuid.UUID, seq: int, digest: bytes) -> None:

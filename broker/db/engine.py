@@ -11,11 +11,16 @@ if TYPE_CHECKING:
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    """Build the engine: asyncpg, a bounded pool, ``application_name`` and a statement timeout."""
+    """Build the engine: asyncpg, a bounded pool, ``application_name`` and a statement timeout.
+
+    The pool opens connections on demand up to pool size + overflow and keeps every one it opened:
+    SQLAlchemy's overflow connections would otherwise be closed as they come back to a full pool and
+    reopened on the next burst (a fork, authentication and type introspection each time).
+    """
     return create_async_engine(
         settings.async_database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        pool_size=settings.db_pool_size + settings.db_max_overflow,
+        max_overflow=0,
         pool_timeout=10,
         pool_recycle=1800,
         connect_args={

@@ -249,6 +249,8 @@ class AuthThrottle:
         Raises:
             RateLimited: a limit is reached; ``retry_after`` says when to try again.
         """
+        if not self._suspects:
+            return  # nothing failed here recently: not even the keys are worth hashing
         now = self.clock()
         pair, addr, client = self.keys(client_id, address)
         if not (self._suspect(pair, now) or self._suspect(addr, now)):
