@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from broker.app import create_app
 
@@ -52,3 +55,26 @@ async def test_a_statement_timeout_is_a_503_not_a_500(settings, make_tenant, ses
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"]
     assert response.json()["error"] == "temporarily_unavailable"
+
+
+async def test_a_server_out_of_connections_is_a_503_not_a_500(settings, make_tenant, sessions):
+    """``too many connections`` (SQLSTATE 53300) on the hot paths' pool is "try again later" too."""
+    lender = await make_tenant()
+    role = f"broker_full_{secrets.token_hex(4)}"
+    async with sessions() as session, session.begin():
+        await session.execute(text(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0'))
+    try:
+        full = settings.model_copy(
+            update={"database_url": make_url(settings.database_url).set(username=role).render_as_string(False)}
+        )
+        async with AsyncTestClient(app=create_app(full)) as client:
+            for path, body in (
+                ("/oauth/token", {"grant_type": "client_credentials"}),
+                ("/oauth/introspect", {"token": "pda-x"}),
+            ):
+                response = await client.post(path, json=body, headers=lender.headers)
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"]
+    finally:
+        async with sessions() as session, session.begin():
+            await session.execute(text(f'DROP ROLE "{role}"'))

@@ -87,7 +87,7 @@ class HotPool:
             if self._pool is None:
                 size = self._settings.db_pool_size
                 self._pool = await asyncpg.create_pool(
-                    min_size=min(2, size),
+                    min_size=1,
                     max_size=size,
                     max_inactive_connection_lifetime=300,
                     init=_prepare_hot_statements,

@@ -59,8 +59,9 @@ def _family(path: str) -> str:
 
 
 # SQLSTATEs that mean "try again": query_canceled (statement_timeout), lock_not_available
-# (lock_timeout), serialization_failure, deadlock_detected, and the connection/operator classes.
-_TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "57P01", "57P02", "57P03"})
+# (lock_timeout), serialization_failure, deadlock_detected, too_many_connections, and the connection/operator
+# classes.
+_TRANSIENT_SQLSTATES = frozenset({"57014", "55P03", "40001", "40P01", "57P01", "57P02", "57P03", "53300"})
 
 
 def _is_db_unavailable(exc: Exception) -> bool:
