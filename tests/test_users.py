@@ -35,7 +35,9 @@ async def other(make_tenant):
 async def audit_actions(sessions, tenant_id, user_id) -> list[AuditEvent]:
     async with sessions() as session:
         result = await session.execute(
-            select(AuditEvent).where(AuditEvent.tenant_id == tenant_id, AuditEvent.user_id == user_id)
+            select(AuditEvent)
+            .where(AuditEvent.tenant_id == tenant_id, AuditEvent.user_id == user_id)
+            .order_by(AuditEvent.id)
         )
         return list(result.scalars())
 
