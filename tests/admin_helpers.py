@@ -33,7 +33,9 @@ async def audit_events(runtime, action: str, **detail: Any) -> list[AuditEvent]:
     """Audit events with ``action`` whose detail contains ``detail``."""
     async with runtime.sessions() as session:
         result = await session.execute(
-            select(AuditEvent).where(AuditEvent.action == action, AuditEvent.detail.contains(detail))
+            select(AuditEvent)
+            .where(AuditEvent.action == action, AuditEvent.detail.contains(detail))
+            .order_by(AuditEvent.id)
         )
         return list(result.scalars())
 
