@@ -6,11 +6,11 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from broker.crypto import tokens
-from broker.db.models import AuditEvent, RefreshToken
+from broker.db.models import AuditEvent, Grant, RefreshToken
 from broker.http.auth import Credentials
 from broker.oauth.flows import rotation
 from broker.tenants import clients
-from tests.oauth_helpers import introspect, post_token, token_ok
+from tests.oauth_helpers import EXCHANGE, MULTI, build_world, introspect, post_token, token_ok
 
 
 async def _authenticated(runtime, tenant):
@@ -99,3 +99,51 @@ async def test_a_revoked_grant_is_left_to_the_full_flow(client, make_tenant, run
     assert await rotation.try_rotate(runtime, caller, _params(first["refresh_token"]), "r") is None
     refused = await post_token(client, lender, grant_type="refresh_token", refresh_token=first["refresh_token"])
     assert refused.json()["error"] == "invalid_grant"
+
+
+async def test_a_party_forks_its_own_lineage_and_a_non_party_is_left_to_the_full_flow(
+    client, make_tenant, runtime, sessions
+):
+    world = await build_world(client, sessions, make_tenant)
+    shared = await token_ok(
+        client,
+        world.lender,
+        grant_type=EXCHANGE,
+        subject_token=world.user["user_id"],
+        subject_token_type=MULTI,
+        audience=f"{world.urn_a},{world.urn_b}",
+    )
+    partner = await _authenticated(runtime, world.partner_a)
+    forked = await rotation.try_rotate(runtime, partner, _params(shared["refresh_token"]), "req-fork-1")
+    assert forked is not None
+    async with sessions() as session:
+        grant = await session.get(Grant, forked.grant_id)
+        parent = await session.get(Grant, grant.parent_id)
+        event = await session.scalar(select(AuditEvent).where(AuditEvent.request_id == "req-fork-1"))
+    assert (grant.kind, grant.holder_tenant_id, grant.requester_tenant_id) == (
+        "party",
+        world.partner_a.tenant_id,
+        world.partner_a.tenant_id,
+    )
+    assert (grant.tenant_id, grant.user_pk, grant.audience) == (parent.tenant_id, parent.user_pk, parent.audience)
+    assert parent.kind == "multi_party"
+    assert grant.path == [*parent.path, parent.id]
+    assert event.action == "token.party_forked"
+    assert event.detail == {"shared_grant_id": str(parent.id), "scope": list(forked.scope)}
+    assert (await introspect(client, world.partner_a, forked.access_token))["active"] is True
+    # the shared token does not rotate: a second fork works, and the party's own lineage rotates
+    assert await rotation.try_rotate(runtime, partner, _params(shared["refresh_token"]), "req-fork-2") is not None
+    assert await rotation.try_rotate(runtime, partner, _params(forked.refresh_token), "req-fork-3") is not None
+
+    outsider = await _authenticated(runtime, world.outsider)
+    assert await rotation.try_rotate(runtime, outsider, _params(shared["refresh_token"]), "r") is None
+    refused = await post_token(
+        client, world.outsider, grant_type="refresh_token", refresh_token=shared["refresh_token"]
+    )
+    assert refused.json()["error"] == "invalid_grant"
+
+    # the lender revokes the shared token: no party can fork any more, and the forks are dead
+    response = await client.post("/oauth/revoke", json={"token": shared["refresh_token"]}, headers=world.lender.headers)
+    assert response.status_code == 200
+    assert await rotation.try_rotate(runtime, partner, _params(shared["refresh_token"]), "r") is None
+    assert (await introspect(client, world.partner_a, forked.access_token))["active"] is False
