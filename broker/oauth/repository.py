@@ -7,9 +7,10 @@ has to race against a child being created concurrently.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import exists, func, insert, literal, select, update
+from sqlalchemy import Uuid, bindparam, exists, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.orm import aliased
 
 from broker.db.models import AccessToken, Grant, GrantParty, RefreshToken, Tenant, User
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
+    from sqlalchemy import Table
     from sqlalchemy.engine import Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,7 +35,7 @@ def _ancestor_revoked() -> Any:  # noqa: ANN401 - a SQL expression
     )
 
 
-def _is_party(caller_id: uuid.UUID) -> Any:  # noqa: ANN401 - a SQL expression
+def _is_party(caller_id: Any) -> Any:  # noqa: ANN401 - a bound tenant id in, a SQL expression out
     return (
         exists()
         .where(
@@ -134,13 +136,21 @@ async def revoke_subtree(session: AsyncSession, grant_id: uuid.UUID, reason: str
     Descendants are found through the GIN-indexed ``path`` array. A descendant created concurrently
     and missed by this statement is still dead, because liveness checks every ancestor.
     """
-    result = await session.execute(
-        update(Grant)
-        .where((Grant.id == grant_id) | Grant.path.contains([grant_id]), Grant.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
-        .returning(Grant.id)
-    )
+    result = await session.execute(_REVOKE_SUBTREE, {"grant_id": grant_id, "reason": reason, "now": now})
     return list(result.scalars())
+
+
+_GRANTS = cast("Table", Grant.__table__)
+_REVOKE_SUBTREE = (
+    update(_GRANTS)
+    .where(
+        (_GRANTS.c.id == bindparam("grant_id", type_=Uuid()))
+        | _GRANTS.c.path.contains(array([bindparam("grant_id", type_=Uuid())])),
+        _GRANTS.c.revoked_at.is_(None),
+    )
+    .values(revoked_at=bindparam("now"), revoked_reason=bindparam("reason"))
+    .returning(_GRANTS.c.id)
+)
 
 
 async def party_grants(session: AsyncSession, shared_grant_id: uuid.UUID, tenant_id: uuid.UUID) -> list[uuid.UUID]:
@@ -178,13 +188,14 @@ _requester = aliased(Tenant, name="requester")
 _holder = aliased(Tenant, name="holder")
 
 
-def _describe(token_table: Any, token_columns: Sequence[Any], caller_id: uuid.UUID) -> Any:  # noqa: ANN401
+def _describe(token_table: Any, token_columns: Sequence[Any]) -> Any:  # noqa: ANN401
+    """The describe statement of one token table, built once: ``digest`` and ``caller_id`` are bound."""
     return (
         select(
             *token_columns,
             Grant,
             _ancestor_revoked(),
-            _is_party(caller_id),
+            _is_party(bindparam("caller_id", type_=Uuid())),
             _requester.client_id.label("requester_client_id"),
             _holder.client_id.label("holder_client_id"),
             User.user_id.label("user_id"),
@@ -194,28 +205,35 @@ def _describe(token_table: Any, token_columns: Sequence[Any], caller_id: uuid.UU
         .join(_requester, _requester.id == Grant.requester_tenant_id)
         .outerjoin(_holder, _holder.id == Grant.holder_tenant_id)
         .outerjoin(User, User.id == Grant.user_pk)
+        .where(token_table.digest == bindparam("digest"))
     )
 
 
-async def describe_access(session: AsyncSession, digest: bytes, caller_id: uuid.UUID) -> Row[Any] | None:
-    """An access token with everything introspection needs, in one query."""
-    columns = [
+_DESCRIBE_ACCESS = _describe(
+    AccessToken,
+    [
         AccessToken.expires_at,
         AccessToken.revoked_at.label("token_revoked_at"),
         AccessToken.scopes.label("token_scopes"),
         AccessToken.created_at.label("issued_at"),
-    ]
-    query = _describe(AccessToken, columns, caller_id).where(AccessToken.digest == digest)
-    return (await session.execute(query)).one_or_none()
-
-
-async def describe_refresh(session: AsyncSession, digest: bytes, caller_id: uuid.UUID) -> Row[Any] | None:
-    """A refresh token with everything introspection needs, in one query."""
-    columns = [
+    ],
+)
+_DESCRIBE_REFRESH = _describe(
+    RefreshToken,
+    [
         RefreshToken.expires_at,
         RefreshToken.revoked_at.label("token_revoked_at"),
         RefreshToken.rotated_at,
         RefreshToken.created_at.label("issued_at"),
-    ]
-    query = _describe(RefreshToken, columns, caller_id).where(RefreshToken.digest == digest)
-    return (await session.execute(query)).one_or_none()
+    ],
+)
+
+
+async def describe_access(session: AsyncSession, digest: bytes, caller_id: uuid.UUID) -> Row[Any] | None:
+    """An access token with everything introspection needs, in one query."""
+    return (await session.execute(_DESCRIBE_ACCESS, {"digest": digest, "caller_id": caller_id})).one_or_none()
+
+
+async def describe_refresh(session: AsyncSession, digest: bytes, caller_id: uuid.UUID) -> Row[Any] | None:
+    """A refresh token with everything introspection needs, in one query."""
+    return (await session.execute(_DESCRIBE_REFRESH, {"digest": digest, "caller_id": caller_id})).one_or_none()
