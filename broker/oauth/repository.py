@@ -13,6 +13,7 @@ from sqlalchemy import exists, func, insert, literal, select, update
 from sqlalchemy.orm import aliased
 
 from broker.db.models import AccessToken, Grant, GrantParty, RefreshToken, Tenant, User
+from broker.observability import metrics
 
 if TYPE_CHECKING:
     import uuid
@@ -140,7 +141,10 @@ async def revoke_subtree(session: AsyncSession, grant_id: uuid.UUID, reason: str
         .values(revoked_at=now, revoked_reason=reason)
         .returning(Grant.id)
     )
-    return list(result.scalars())
+    revoked = list(result.scalars())
+    metrics.REVOCATIONS.inc(reason)
+    metrics.CASCADE_SIZE.observe(len(revoked), reason)
+    return revoked
 
 
 async def party_grants(session: AsyncSession, shared_grant_id: uuid.UUID, tenant_id: uuid.UUID) -> list[uuid.UUID]:
@@ -172,6 +176,7 @@ async def revoke_access(session: AsyncSession, digest: bytes, now: datetime) -> 
     await session.execute(
         update(AccessToken).where(AccessToken.digest == digest, AccessToken.revoked_at.is_(None)).values(revoked_at=now)
     )
+    metrics.REVOCATIONS.inc("access_token.revoked")
 
 
 _requester = aliased(Tenant, name="requester")
