@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator  # noqa: TC003 - Litestar resolves dependency annotations at runtime
 from contextlib import asynccontextmanager
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State  # noqa: TC002 - resolved at runtime by Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -25,6 +26,7 @@ from broker.http import errors as http_errors
 from broker.http import health, openapi, ratelimit
 from broker.http import logging as http_logging
 from broker.http import metrics as http_metrics
+from broker.http.admin import PREFIX, READ_METHODS
 from broker.keys import routes as keys_routes
 from broker.keys import service as keys_service
 from broker.oauth import routes as oauth_routes
@@ -56,9 +58,13 @@ def _provide_runtime(state: State) -> Runtime:
     return runtime
 
 
-async def _provide_session(state: State) -> AsyncIterator[AsyncSession]:
+async def _provide_session(state: State, request: Request[Any, Any, Any]) -> AsyncIterator[AsyncSession]:
+    """A session on the primary; admin reads (GET, HEAD) go to the read replica when one is configured."""
     runtime: Runtime = state.runtime
-    async with runtime.sessions() as session:
+    sessions = runtime.sessions
+    if runtime.read_sessions is not None and request.method in READ_METHODS and request.url.path.startswith(PREFIX):
+        sessions = runtime.read_sessions
+    async with sessions() as session:
         yield session
 
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import structlog
 from sqlalchemy.engine import make_url
 
 from broker.settings import to_asyncpg_url
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from broker.settings import Settings
 
 _PREPARED: list[str] = []
+SUSPEND_SECONDS = 5.0
+log = structlog.get_logger("broker.db")
 
 
 def register(sql: str) -> str:
@@ -106,6 +110,7 @@ class HotPool:
     def __init__(self, settings: Settings, url: str | None = None) -> None:
         self._settings = settings
         self._url = url
+        self._down_until = 0.0
         self._pooled = settings.database_pooler == "pgbouncer"
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
@@ -158,6 +163,17 @@ class HotPool:
         """Run one statement in autocommit."""
         async with self._connection() as connection:
             await connection.execute(sql, *args)
+
+    @property
+    def available(self) -> bool:
+        """False for a while after :meth:`suspend` (an optional pool, the replica's, that failed)."""
+        return self._down_until == 0.0 or time.monotonic() >= self._down_until
+
+    def suspend(self, exc: BaseException) -> None:
+        """Stop using this (optional) pool for :data:`SUSPEND_SECONDS` after a failure; log it once."""
+        if self.available:
+            log.warning("read replica unavailable", error=type(exc).__name__, retry_in_seconds=SUSPEND_SECONDS)
+        self._down_until = time.monotonic() + SUSPEND_SECONDS
 
     def usage(self) -> tuple[int, int, int]:
         """``(in_use, idle, max)`` connections of the pool (zeros before it opens), for the metrics."""
