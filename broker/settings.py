@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     # PgBouncer in transaction mode in front of either (no prepared statement, no session parameter).
     database_read_url: str | None = None
     database_pooler: Literal["none", "pgbouncer"] = "none"
+    database_migrate_url: str | None = None  # direct, past the pooler: migrations hold a session advisory lock
     data_dir: Path = Path(".broker")
 
     host: str = "127.0.0.1"
@@ -94,7 +95,7 @@ class Settings(BaseSettings):
     otel_endpoint: str | None = None
     otel_service_name: str = "broker"
 
-    @field_validator("database_url", "database_read_url")
+    @field_validator("database_url", "database_read_url", "database_migrate_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None or value == "":

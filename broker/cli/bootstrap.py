@@ -82,8 +82,14 @@ def load_ring(settings: Settings) -> KeyRing:
 def migrate_database(settings: Settings) -> None:
     """Apply migrations, or a one-line error (exit 1) when the database or the scripts cannot be reached."""
     assert settings.database_url is not None  # noqa: S101 - start() guarantees it
+    url = settings.database_migrate_url or settings.database_url
+    if settings.database_pooler == "pgbouncer" and settings.database_migrate_url is None:
+        raise click.ClickException(
+            "BROKER_DATABASE_POOLER=pgbouncer: set BROKER_DATABASE_MIGRATE_URL to a direct connection to the "
+            "primary (migrations hold a session advisory lock, which transaction pooling cannot keep)"
+        )
     try:
-        migrations.upgrade(settings.database_url)
+        migrations.upgrade(url)
     except migrations.MigrationsNotFound as exc:
         raise click.ClickException(str(exc)) from None
     except (OSError, SQLAlchemyError) as exc:
