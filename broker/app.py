@@ -90,7 +90,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.runtime = runtime
         app.state.outbox_gauges = collect.OutboxGauges(runtime.engine)
-        metrics.REGISTRY.samplers[:] = [collect.pool_sampler(runtime)]
+        sampler = collect.pool_sampler(runtime)
+        metrics.REGISTRY.samplers.append(sampler)
         try:
             await keys_service.check_ring_on_start(runtime)  # refuse a ring that lacks a key in use
             # On shutdown (SIGTERM to granian: in-flight requests finish first) the blocks end in
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ):
                 yield
         finally:
+            metrics.REGISTRY.samplers.remove(sampler)
             await ratelimit.close(app.state)
             await runtime.close()
 

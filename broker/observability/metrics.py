@@ -24,6 +24,7 @@ import json
 import math
 import os
 import tempfile
+from bisect import bisect_left
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -120,12 +121,7 @@ class Histogram(Metric):
         series = self.values.get(labels)
         if series is None:
             series = self.values[labels] = [0.0] * (len(self.buckets) + 3)
-        index = 0
-        for bound in self.buckets:
-            if value <= bound:
-                break
-            index += 1
-        series[index] += 1  # the last bucket slot is +Inf
+        series[bisect_left(self.buckets, value)] += 1  # the first bound >= value; past the last: +Inf
         series[-2] += value
         series[-1] += 1
 
