@@ -28,7 +28,7 @@ SCALE_SUITE := tests/test_oauth_*.py tests/test_users*.py tests/test_client_cach
 	tests/test_metrics.py tests/test_scale.py
 
 test-scale: $(STAMP)
-	tests/install-scale-tools.sh
+	bash tests/install-scale-tools.sh
 	BROKER_TEST_SCALE=1 $(PY) -m pytest tests/test_scale.py $(PYTEST_ARGS)
 	BROKER_TEST_PGBOUNCER=1 $(PY) -m pytest $(SCALE_SUITE) $(PYTEST_ARGS)
 
