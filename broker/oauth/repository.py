@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.orm import aliased
 
 from broker.db.models import AccessToken, Grant, GrantParty, RefreshToken, Tenant, User
+from broker.observability import metrics
 
 if TYPE_CHECKING:
     import uuid
@@ -137,7 +138,10 @@ async def revoke_subtree(session: AsyncSession, grant_id: uuid.UUID, reason: str
     and missed by this statement is still dead, because liveness checks every ancestor.
     """
     result = await session.execute(_REVOKE_SUBTREE, {"grant_id": grant_id, "reason": reason, "now": now})
-    return list(result.scalars())
+    revoked = list(result.scalars())
+    metrics.REVOCATIONS.inc(reason)
+    metrics.CASCADE_SIZE.observe(len(revoked), reason)
+    return revoked
 
 
 _GRANTS = cast("Table", Grant.__table__)
@@ -182,6 +186,7 @@ async def revoke_access(session: AsyncSession, digest: bytes, now: datetime) -> 
     await session.execute(
         update(AccessToken).where(AccessToken.digest == digest, AccessToken.revoked_at.is_(None)).values(revoked_at=now)
     )
+    metrics.REVOCATIONS.inc("access_token.revoked")
 
 
 _requester = aliased(Tenant, name="requester")
