@@ -6,9 +6,10 @@ means ``removed_at IS NULL``; a removed user is a tombstone that no query here r
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from broker.db.models import Grant, User
@@ -75,21 +76,29 @@ async def find_live(
         match_either: With both given, match a user that has either (OR) instead of both (AND).
         lock: ``"update"`` for ``FOR UPDATE``, ``"share"`` for ``FOR SHARE``, None for no lock.
     """
-    conditions = []
-    if user_id is not None:
-        conditions.append(User.user_id == user_id)
-    if token_digest is not None:
-        conditions.append(User.user_token_digest == token_digest)
-    if not conditions:
+    if user_id is None and token_digest is None:
         return None
-    query = select(User).where(User.tenant_id == tenant_id, User.removed_at.is_(None))
+    query = _find_live_query(user_id is not None, token_digest is not None, match_either=match_either, lock=lock)
+    params = {"tenant_id": tenant_id, "user_id": user_id, "token_digest": token_digest}
+    user: User | None = (await session.execute(query, params)).scalars().first()
+    return user
+
+
+@functools.cache
+def _find_live_query(by_user_id: bool, by_digest: bool, *, match_either: bool, lock: str | None) -> Select[Any]:
+    """The :func:`find_live` statement for one combination of its options, built once."""
+    conditions: list[ColumnElement[bool]] = []
+    if by_user_id:
+        conditions.append(User.user_id == bindparam("user_id"))
+    if by_digest:
+        conditions.append(User.user_token_digest == bindparam("token_digest"))
+    query = select(User).where(User.tenant_id == bindparam("tenant_id"), User.removed_at.is_(None))
     query = query.where(or_(*conditions)) if match_either else query.where(*conditions)
     if lock == "update":
         query = query.with_for_update()
     elif lock == "share":
         query = query.with_for_update(read=True)
-    result = await session.execute(query)
-    return result.scalars().first()
+    return query
 
 
 async def set_identity(session: AsyncSession, user_pk: uuid.UUID, identity_enc: str) -> None:
