@@ -195,16 +195,20 @@ async def delete_policy(
     return result.first() is not None
 
 
+_POLICY_COLUMNS = (
+    AudiencePolicy.id,
+    AudiencePolicy.allowed_scopes,
+    AudiencePolicy.access_token_ttl,
+    AudiencePolicy.refresh_token_ttl,
+    func.coalesce(AudiencePolicy.webhook_include_refresh_token, False),
+)
+"""What a target row carries of the caller's policy toward it (``ClientTargetRow``/``AudienceTargetRow``)."""
 _CLIENT_TARGETS = (
     select(
         Tenant.client_id,
         Tenant.id,
         Tenant.status,
-        AudiencePolicy.id,
-        AudiencePolicy.allowed_scopes,
-        AudiencePolicy.access_token_ttl,
-        AudiencePolicy.refresh_token_ttl,
-        func.coalesce(AudiencePolicy.webhook_include_refresh_token, False),
+        *_POLICY_COLUMNS,
     )
     .outerjoin(
         AudiencePolicy,
@@ -232,11 +236,7 @@ _AUDIENCE_TARGETS = (
         .join(AudienceMember, AudienceMember.tenant_id == _member.id)
         .where(AudienceMember.audience_id == Audience.id, _member.status == "active")
         .scalar_subquery(),
-        AudiencePolicy.id,
-        AudiencePolicy.allowed_scopes,
-        AudiencePolicy.access_token_ttl,
-        AudiencePolicy.refresh_token_ttl,
-        func.coalesce(AudiencePolicy.webhook_include_refresh_token, False),
+        *_POLICY_COLUMNS,
     )
     .outerjoin(
         AudiencePolicy,
