@@ -19,6 +19,8 @@ from broker.audit import routes as audit_routes
 from broker.context import Runtime
 from broker.crypto.keyring import KeyRing
 from broker.db.engine import create_engine, create_sessionmaker
+from broker.gateway import calls as upstream_calls
+from broker.gateway import routes as gateway_routes
 from broker.grants import routes as grants_routes
 from broker.http import errors as http_errors
 from broker.http import health, openapi, ratelimit
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.runtime = runtime
         try:
             await keys_service.check_ring_on_start(runtime)  # refuse a ring that lacks a key in use
-            async with webhook_delivery.running(runtime), audit_chain.sealing(runtime):
+            async with webhook_delivery.running(runtime), audit_chain.sealing(runtime), upstream_calls.running(runtime):
                 yield
         finally:
             await ratelimit.close(app.state)
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             oauth_routes.metadata,
             users_routes.router,
             tenants_routes.router,
+            gateway_routes.router,
             audiences_routes.router,
             admin_keys_routes.router,
             webhooks_routes.router,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import exists, func, insert, literal, select, update
 from sqlalchemy.orm import aliased
 
-from broker.db.models import AccessToken, Grant, GrantParty, RefreshToken, Tenant, User
+from broker.db.models import AccessToken, Grant, GrantParty, RefreshToken, Tenant, UpstreamGrant, User
 
 if TYPE_CHECKING:
     import uuid
@@ -31,6 +31,11 @@ def _ancestor_revoked() -> Any:  # noqa: ANN401 - a SQL expression
         .where(_ancestor.id == func.any(Grant.path), _ancestor.revoked_at.is_not(None))
         .label("ancestor_revoked")
     )
+
+
+def _gateway() -> Any:  # noqa: ANN401 - a SQL expression
+    """Whether the grant was issued through a tenant's upstream (gateway mode): one primary-key probe."""
+    return exists().where(UpstreamGrant.id == Grant.id).label("gateway")
 
 
 def _is_party(caller_id: uuid.UUID) -> Any:  # noqa: ANN401 - a SQL expression
@@ -70,7 +75,7 @@ async def refresh_for_update(session: AsyncSession, digest: bytes) -> Row[Any] |
     ``rotated_at`` set and answer from the retry pair.
     """
     result = await session.execute(
-        select(RefreshToken, Grant, _ancestor_revoked())
+        select(RefreshToken, Grant, _ancestor_revoked(), _gateway())
         .join(Grant, Grant.id == RefreshToken.grant_id)
         .where(RefreshToken.digest == digest)
         .with_for_update(of=RefreshToken)
@@ -81,7 +86,7 @@ async def refresh_for_update(session: AsyncSession, digest: bytes) -> Row[Any] |
 async def refresh_by_digest(session: AsyncSession, digest: bytes) -> Row[Any] | None:
     """The refresh token with ``digest`` and its grant, without locking."""
     result = await session.execute(
-        select(RefreshToken, Grant, _ancestor_revoked())
+        select(RefreshToken, Grant, _ancestor_revoked(), _gateway())
         .join(Grant, Grant.id == RefreshToken.grant_id)
         .where(RefreshToken.digest == digest)
     )
