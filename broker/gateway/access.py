@@ -30,9 +30,10 @@ from broker.crypto.envelope import EnvelopeError
 from broker.gateway import calls, repository
 from broker.gateway.tokens import upstream_token_aad
 from broker.keys import sealing
+from broker.oauth import introspection, revocation
 from broker.oauth import repository as oauth_repository
-from broker.oauth import revocation
 from broker.oauth.introspection import token_kind, visible_to
+from broker.tenants.clients import StaleClient
 
 if TYPE_CHECKING:
     import uuid
@@ -93,8 +94,17 @@ async def introspect(
     Raises:
         UpstreamError: the upstream refused (relayed) or failed (502/503).
     """
-    async with runtime.sessions() as session, session.begin():
-        local = await _judge_locally(session, runtime, caller, upstream, token=token, request_id=request_id)
+    local: dict[str, Any] | str | None
+    if token_kind(token) == "access":
+        # The hot path's one statement: re-checks the (possibly cached) caller, judges, audits.
+        row = await introspection.lookup(runtime, caller, "access", token, request_id)
+        known = row["grant_id"] is not None
+        local = None if known and (not row["visible"] or not introspection.is_live(row)) else ASK_UPSTREAM
+    else:
+        if caller.from_cache:
+            raise StaleClient  # this path does not re-check a cached snapshot: authenticate again
+        async with runtime.sessions() as session, session.begin():
+            local = await _judge_locally(session, runtime, caller, upstream, token=token, request_id=request_id)
     if local != ASK_UPSTREAM:
         return local if isinstance(local, dict) else None
     reply = await runtime.upstreams.post(upstream, "/oauth/introspect", {"token": token}, safe=True)

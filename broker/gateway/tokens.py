@@ -46,7 +46,7 @@ from broker.audit import service as audit
 from broker.crypto import envelope, tokens
 from broker.crypto.envelope import EnvelopeError
 from broker.db.models import Grant
-from broker.gateway import calls, repository
+from broker.gateway import calls, hot, repository
 from broker.keys import sealing
 from broker.oauth import repository as oauth_repository
 from broker.oauth.audience import parse_audiences
@@ -220,20 +220,20 @@ async def _client_credentials(runtime: Runtime, upstream: Upstream, request: Tok
     if resource is not None:
         body["resource"] = resource  # the upstream's resource indicators, not broker's
     issued = await _forward(runtime, upstream, body)
-    recorded = _granted(issued.scope, granted)
-    new = NewGrant(
-        kind="client_credentials",
-        tenant_id=client.id,
-        requester_tenant_id=client.id,
-        holder_tenant_id=client.id,
-        scopes=recorded,
-        audience=resource or client.client_id,
+    return await hot.record_client_credentials(
+        runtime,
+        client,
+        upstream,
+        access_token=issued.access_token,
+        upstream_refresh_token=issued.refresh_token,
+        expires_in=issued.expires_in,
+        scopes=_granted(issued.scope, granted),
         resource=resource,
-        access_token_ttl=issued.expires_in,
-        refresh_token_ttl=ttl(client.refresh_token_ttl, settings.refresh_token_ttl),
+        refresh_ttl=ttl(client.refresh_token_ttl, settings.refresh_token_ttl),
+        request_id=request.request_id,
+        upstream_request_id=issued.request_id,
+        now=datetime.now(UTC),
     )
-    plan = Plan(new=new, action="token.issued", detail={"grant_type": CLIENT_CREDENTIALS})
-    return await _record(runtime, upstream, request, plan, issued)
 
 
 # --- recording what the upstream issued ---------------------------------------------------------------

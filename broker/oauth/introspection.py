@@ -28,6 +28,7 @@ from broker.oauth import repository
 from broker.tenants.clients import STILL_VALID, StaleClient
 
 if TYPE_CHECKING:
+    import asyncpg
     from sqlalchemy.engine import Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -126,6 +127,40 @@ _DESCRIBE = {kind: register(_statement(kind)) for kind in ("access", "refresh")}
 _AUDIT_DETAIL = {kind: json.dumps({"token_kind": kind}) for kind in ("access", "refresh")}
 
 
+async def lookup(
+    runtime: Runtime, caller: AuthenticatedClient, kind: str, token: str, request_id: str
+) -> asyncpg.Record:
+    """The describe-and-audit statement's row for a token of ``kind`` (``grant_id`` is None when unknown).
+
+    Raises:
+        StaleClient: the caller's cached authentication no longer holds; nothing was written.
+    """
+    row = await runtime.hot.fetchrow(
+        _DESCRIBE[kind],
+        tokens.digest(runtime.ring.hash_key, token),
+        caller.id,
+        caller.updated_at,
+        caller.secret_id,
+        request_id,
+        caller.client_id,
+        _AUDIT_DETAIL[kind],
+    )
+    if row is None or not row["authorized"]:
+        raise StaleClient
+    return row
+
+
+def is_live(row: asyncpg.Record) -> bool:
+    """Whether a :func:`lookup` row is an unrevoked, unrotated, unexpired token of a live grant."""
+    return (
+        row["grant_revoked_at"] is None
+        and not row["ancestor_revoked"]
+        and row["token_revoked_at"] is None
+        and row["rotated_at"] is None
+        and row["expires_at"] > datetime.now(UTC)
+    )
+
+
 async def introspect(
     runtime: Runtime, caller: AuthenticatedClient, token: str, request_id: str
 ) -> Introspection | None:
@@ -139,29 +174,8 @@ async def introspect(
         if not await runtime.hot.fetchval(_STILL_VALID, caller.id, caller.updated_at, caller.secret_id):
             raise StaleClient
         return None
-    row = await runtime.hot.fetchrow(
-        _DESCRIBE[kind],
-        tokens.digest(runtime.ring.hash_key, token),
-        caller.id,
-        caller.updated_at,
-        caller.secret_id,
-        request_id,
-        caller.client_id,
-        _AUDIT_DETAIL[kind],
-    )
-    if row is None or not row["authorized"]:
-        raise StaleClient
-    if row["grant_id"] is None or not row["visible"]:
-        return None
-    now = datetime.now(UTC)
-    live = (
-        row["grant_revoked_at"] is None
-        and not row["ancestor_revoked"]
-        and row["token_revoked_at"] is None
-        and row["rotated_at"] is None
-        and row["expires_at"] > now
-    )
-    if not live:
+    row = await lookup(runtime, caller, kind, token, request_id)
+    if row["grant_id"] is None or not row["visible"] or not is_live(row):
         return None
     client_id: str = row["holder_client_id"] or row["requester_client_id"]
     user_id: str | None = row["user_id"]

@@ -68,8 +68,8 @@ async def introspect(request: Request[Any, Any, Any]) -> Response[IntrospectionR
     request_id = request_id_of(request)
 
     async def describe(client: AuthenticatedClient) -> Introspection | dict[str, Any] | None:
-        if client.upstream is not None:
-            upstream = await _upstream(runtime, client)
+        if client.upstream is not None:  # the gateway re-checks a cached snapshot in its statement
+            upstream = await upstreams.load(runtime, client)
             return await gateway_access.introspect(runtime, client, upstream, required(params, "token"), request_id)
         return await introspection.introspect(runtime, client, required(params, "token"), request_id)
 
