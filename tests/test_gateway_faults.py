@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 
 from broker.app import build_runtime, create_app
 from broker.crypto import tokens
-from broker.db.models import RefreshToken, UpstreamCall
+from broker.db.models import Grant, RefreshToken, UpstreamCall
 from broker.gateway import calls
 from broker.settings import Settings
-from tests.gateway_helpers import EXCHANGE, USER, UpstreamBroker, build_gateway_world, proxy_to, upstream_broker
+from tests.gateway_helpers import EXCHANGE, MULTI, USER, UpstreamBroker, build_gateway_world, proxy_to, upstream_broker
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +191,50 @@ async def test_concurrent_refreshes_through_the_gateway_call_the_upstream_once(
                     )
                 assert successors == 1
                 current = responses[0].json()
+
+
+async def test_concurrent_exchanges_and_forks_through_the_gateway_each_get_their_own_grant(
+    live_server, client, runtime, make_tenant, up
+):
+    world = await build_gateway_world(client, runtime, make_tenant, up, up.url)
+    lender, partner = world.lender.local, world.partner_a.local
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
+        shares = await asyncio.gather(
+            *(
+                http.post(
+                    "/oauth/token",
+                    json={
+                        "grant_type": EXCHANGE,
+                        "subject_token_type": MULTI,
+                        "subject_token": world.user_id,
+                        "audience": world.urn_a,
+                    },
+                    headers=lender.headers,
+                )
+                for _ in range(6)
+            )
+        )
+        assert all(r.status_code == 200 for r in shares), [r.text for r in shares if r.status_code != 200]
+        assert len({r.json()["refresh_token"] for r in shares}) == 6
+        shared = shares[0].json()["refresh_token"]
+        forks = await asyncio.gather(
+            *(
+                http.post(
+                    "/oauth/token",
+                    json={"grant_type": "refresh_token", "refresh_token": shared},
+                    headers=partner.headers,
+                )
+                for _ in range(6)
+            )
+        )
+    assert all(r.status_code == 200 for r in forks), [r.text for r in forks if r.status_code != 200]
+    assert len({r.json()["refresh_token"] for r in forks}) == 6
+    for fork in forks:
+        assert (await up.introspect(world.partner_a.upstream, fork.json()["access_token"]))["active"] is True
+    async with runtime.sessions() as session:
+        parties = await session.scalar(
+            select(func.count())
+            .select_from(Grant)
+            .where(Grant.kind == "party", Grant.holder_tenant_id == partner.tenant_id)
+        )
+    assert parties == 6
