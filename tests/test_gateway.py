@@ -22,6 +22,7 @@ from tests.gateway_helpers import (
     build_gateway_world,
     held_upstream_tokens,
     proxy_to,
+    set_upstream,
     upstream_broker,
 )
 
@@ -313,3 +314,18 @@ async def test_upstream_refusals_are_relayed_with_our_request_id_and_audited_wit
     found = await client.post("/user/get", json={"user_id": world.user_id}, headers=world.lender.local.headers)
     assert found.status_code == 200, found.text
     assert found.json()["user_id"] == world.user_id
+
+
+async def test_wrong_upstream_credentials_are_a_gateway_error_not_the_callers_invalid_client(
+    client, runtime, make_tenant, up
+):
+    tenant = await make_tenant("misconfigured gateway")
+    wrong = type(tenant)("not-a-client-there", "wrong-secret-value", tenant.tenant_id)
+    await set_upstream(runtime, tenant, wrong, up.url, "held")
+    response = await _token(client, tenant, grant_type="client_credentials")
+    assert response.status_code == 502, response.text
+    body = response.json()
+    assert body["error"] == "server_error"
+    assert "upstream credentials" in body["error_description"]
+    assert "wrong-secret-value" not in response.text
+    assert "retry-after" in response.headers

@@ -87,8 +87,30 @@ class Reply:
         value = self.body.get("request_id")
         return value if isinstance(value, str) else None
 
+    @property
+    def bad_credentials(self) -> bool:
+        """Whether the upstream refused the tenant's upstream credentials (the operator's configuration)."""
+        return (
+            self.status == 401  # noqa: PLR2004
+            or self.body.get("error") == "invalid_client"
+            or self.body.get("error_code") == "INVALID_API_KEYS"
+        )
+
     def refused(self) -> errors.UpstreamError:
-        """The error that relays this refusal to the caller: same status, the upstream's error body."""
+        """The error that relays this refusal to the caller: same status, the upstream's error body.
+
+        Except when the upstream refused the tenant's *upstream* credentials: relaying that as
+        ``invalid_client`` would tell the caller its own broker credentials are wrong. It is a gateway
+        misconfiguration, answered 502 (and audited with the upstream's answer).
+        """
+        if self.bad_credentials:
+            return errors.UpstreamError(
+                "the upstream refused this tenant's upstream credentials; the operator must update them",
+                status=502,
+                retry_after=UNAVAILABLE_RETRY_AFTER,
+                upstream_request_id=self.request_id,
+                debug=f"upstream {self.status} refused the upstream credentials",
+            )
         return errors.UpstreamError(
             "the upstream refused the request",
             status=self.status,
