@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from broker.db.models import AuditEvent, TenantUpstream
+from broker.gateway import calls
 from tests.admin_helpers import bearer, issue_key
 from tests.gateway_helpers import (
     EXCHANGE,
@@ -329,3 +330,22 @@ async def test_wrong_upstream_credentials_are_a_gateway_error_not_the_callers_in
     assert "upstream credentials" in body["error_description"]
     assert "wrong-secret-value" not in response.text
     assert "retry-after" in response.headers
+
+
+async def test_a_replayed_broker_refresh_token_revokes_the_family_here_and_upstream(client, runtime, make_tenant, up):
+    world = await build_gateway_world(client, runtime, make_tenant, up, up.url, mode="held")
+    lender = world.lender.local
+    first = await _ok(client, lender, grant_type="client_credentials")
+    second = await _ok(client, lender, grant_type="refresh_token", refresh_token=first["refresh_token"])
+    third = await _ok(client, lender, grant_type="refresh_token", refresh_token=second["refresh_token"])
+    assert (await up.introspect(world.lender.upstream, third["access_token"]))["active"] is True
+    held = await held_upstream_tokens(runtime)
+
+    replayed = await _token(client, lender, grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert (replayed.status_code, replayed.json()["error"]) == (400, "invalid_grant")
+    assert (await _introspect(client, lender, third["access_token"]))["active"] is False
+    # The held upstream token is revoked upstream through the outbox (a worker pass here).
+    assert await calls.run_once(runtime) >= 1
+    assert (await up.introspect(world.lender.upstream, third["access_token"]))["active"] is False
+    assert held  # the upstream tokens broker held were never the ones handed out
+    assert not {first["refresh_token"], second["refresh_token"], third["refresh_token"]} & held
