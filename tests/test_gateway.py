@@ -349,3 +349,41 @@ async def test_a_replayed_broker_refresh_token_revokes_the_family_here_and_upstr
     assert (await up.introspect(world.lender.upstream, third["access_token"]))["active"] is False
     assert held  # the upstream tokens broker held were never the ones handed out
     assert not {first["refresh_token"], second["refresh_token"], third["refresh_token"]} & held
+
+
+async def test_an_operator_revoking_a_gateway_grant_or_removing_a_party_also_revokes_upstream(
+    client, runtime, make_tenant, up
+):
+    world = await build_gateway_world(client, runtime, make_tenant, up, up.url, mode="held")
+    _, key = await issue_key(runtime)
+    lender, partner_a, partner_b = world.lender.local, world.partner_a.local, world.partner_b.local
+    shared = await _ok(
+        client,
+        lender,
+        grant_type=EXCHANGE,
+        subject_token_type=MULTI,
+        subject_token=world.user_id,
+        audience=f"{world.urn_a},{world.urn_b}",
+    )
+    party_a = await _ok(client, partner_a, grant_type="refresh_token", refresh_token=shared["refresh_token"])
+    party_b = await _ok(client, partner_b, grant_type="refresh_token", refresh_token=shared["refresh_token"])
+    shared_grant = (await _introspect(client, lender, shared["refresh_token"]))["active"]
+    assert shared_grant is True
+    async with runtime.sessions() as session:
+        grant_id = await session.scalar(
+            select(AuditEvent.grant_id).where(
+                AuditEvent.request_id == shared["request_id"], AuditEvent.action == "token.exchanged"
+            )
+        )
+    assert grant_id is not None
+
+    removed = await client.delete(f"/admin/v1/grants/{grant_id}/parties/{partner_a.client_id}", headers=bearer(key))
+    assert removed.status_code == 200, removed.text
+    assert await calls.run_once(runtime) >= 1
+    assert (await up.introspect(world.partner_a.upstream, party_a["access_token"]))["active"] is False
+    assert (await up.introspect(world.partner_b.upstream, party_b["access_token"]))["active"] is True
+
+    revoked = await client.post(f"/admin/v1/grants/{grant_id}/revoke", headers=bearer(key))
+    assert revoked.status_code == 200, revoked.text
+    assert await calls.run_once(runtime) >= 1
+    assert (await up.introspect(world.partner_b.upstream, party_b["access_token"]))["active"] is False

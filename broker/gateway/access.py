@@ -26,10 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from broker.audit import service as audit
 from broker.crypto import tokens
-from broker.crypto.envelope import EnvelopeError
 from broker.gateway import calls, repository
-from broker.gateway.tokens import upstream_token_aad
-from broker.keys import sealing
+from broker.gateway.held import open_held
 from broker.oauth import introspection, revocation
 from broker.oauth import repository as oauth_repository
 from broker.oauth.introspection import token_kind, visible_to
@@ -76,11 +74,7 @@ async def _find(
 
 
 async def _held_token(session: AsyncSession, runtime: Runtime, held: UpstreamGrant) -> str | None:
-    try:
-        sealed = await sealing.open_(session, runtime.ring, held.token_enc, upstream_token_aad(held.tenant_id, held.id))
-    except EnvelopeError:
-        return None
-    return sealed.decode()
+    return await open_held(session, runtime.ring, held)
 
 
 ASK_UPSTREAM = "ask-upstream"

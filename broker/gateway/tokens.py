@@ -43,10 +43,11 @@ from typing import TYPE_CHECKING, Any
 from broker import errors, scopes
 from broker.audiences import service as audiences
 from broker.audit import service as audit
-from broker.crypto import envelope, tokens
+from broker.crypto import tokens
 from broker.crypto.envelope import EnvelopeError
 from broker.db.models import Grant
 from broker.gateway import calls, hot, repository
+from broker.gateway.held import open_held, upstream_token_aad
 from broker.keys import sealing
 from broker.oauth import repository as oauth_repository
 from broker.oauth.audience import parse_audiences
@@ -79,11 +80,6 @@ if TYPE_CHECKING:
 CLIENT_CREDENTIALS = "client_credentials"
 REFRESH_TOKEN = "refresh_token"
 WAIT_STEP_SECONDS = 0.02
-
-
-def upstream_token_aad(tenant_id: uuid.UUID, grant_id: uuid.UUID) -> bytes:
-    """The AAD of a grant's sealed upstream refresh token: bound to the grant and its owner tenant."""
-    return envelope.aad_for("upstream_grants", "token", tenant_id, grant_id)
 
 
 @dataclass(frozen=True, repr=False)
@@ -468,12 +464,10 @@ async def _check_fork(
 
 
 async def _open_held(session: AsyncSession, runtime: Runtime, held: UpstreamGrant) -> str:
-    try:
-        return (
-            await sealing.open_(session, runtime.ring, held.token_enc, upstream_token_aad(held.tenant_id, held.id))
-        ).decode()
-    except EnvelopeError:
-        raise errors.InvalidGrant("invalid refresh token", debug="held upstream token unreadable") from None
+    token = await open_held(session, runtime.ring, held)
+    if token is None:
+        raise errors.InvalidGrant("invalid refresh token", debug="held upstream token unreadable")
+    return token
 
 
 async def _reuse(
