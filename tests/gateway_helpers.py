@@ -30,7 +30,7 @@ from broker.crypto.keyring import generate_key
 from broker.db import migrate
 from broker.db.models import UpstreamGrant
 from broker.gateway import upstreams
-from broker.gateway.tokens import upstream_token_aad
+from broker.gateway.held import upstream_token_aad
 from broker.keys import sealing
 from broker.settings import Settings
 from broker.tenants import service as tenants
