@@ -79,11 +79,16 @@ async def upstream_broker() -> AsyncIterator[UpstreamBroker]:
             "BROKER_KEYS": f"up-1:{generate_key()}",
             "BROKER_HASH_KEY": generate_key(),
             "BROKER_WORKERS": "1",
+            # The suite shares one PostgreSQL (max_connections 100) among many servers: keep this one small.
+            "BROKER_DB_POOL_SIZE": "2",
+            "BROKER_DB_MAX_OVERFLOW": "4",
         }
         settings = Settings(
             database_url=url,
             keys=env["BROKER_KEYS"],
             hash_key=env["BROKER_HASH_KEY"],
+            db_pool_size=2,
+            db_max_overflow=2,
         )
         runtime = build_runtime(settings)
         try:

@@ -57,11 +57,12 @@ async def _pending(runtime: Any, tenant_id: Any) -> int:
     return int(count or 0)
 
 
-async def test_upstream_failures_become_502_or_503_with_retry_after_and_issuance_is_never_repeated(
-    fast_gateway, runtime, make_tenant, up, capfd
+async def test_upstream_failures_become_502_or_503_with_retry_after_and_issuance_is_never_repeated(  # noqa: PLR0917
+    fast_gateway, client, runtime, make_tenant, up, capfd
 ):
     with proxy_to(up.url) as proxy:
-        world = await build_gateway_world(fast_gateway, runtime, make_tenant, up, proxy.url)
+        # Set up through the regular gateway (ordinary timeouts); the faults go through the fast one.
+        world = await build_gateway_world(client, runtime, make_tenant, up, proxy.url)
         lender = world.lender.local
         for mode, status in (("error", 502), ("garbage", 502), ("reset", 502)):
             proxy.mode = mode
