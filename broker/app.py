@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator  # noqa: TC003 - Litestar resolves dependency annotations at runtime
 from contextlib import asynccontextmanager
 
@@ -42,6 +43,19 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(settings=settings, ring=ring, engine=engine, sessions=create_sessionmaker(engine))
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive after start-up out of the garbage collector's reach.
+
+    A worker holds a few hundred thousand long-lived objects (modules, Litestar's routes and OpenAPI
+    schema, SQLAlchemy's mappers). A full collection walks all of them: about 65 ms on our 2-core
+    machines, during which every in-flight request of that worker waits, which is most of the p99 of
+    the hot paths. Frozen objects are never collected or walked again (``gc.freeze``, as Instagram
+    does for forked workers); what requests allocate is still collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _provide_runtime(state: State) -> Runtime:
     runtime: Runtime = state.runtime
     return runtime
@@ -64,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.runtime = runtime
         try:
             await keys_service.check_ring_on_start(runtime)  # refuse a ring that lacks a key in use
+            freeze_startup_objects()
             async with webhook_delivery.running(runtime), audit_chain.sealing(runtime), upstream_calls.running(runtime):
                 yield
         finally:

@@ -159,3 +159,44 @@ async def test_audit_verify_on_the_cli(client, make_tenant, sessions):
     assert bad.exit_code == 1
     assert '"kind": "edited"' in bad.output
     assert (await asyncio.to_thread(_verify_cli, "--client-id", "000000000000000000000000")).exit_code == 1
+
+
+async def test_sealing_a_large_batch_hands_the_event_loop_back_between_slices(make_tenant, runtime, monkeypatch):
+    # Sealing runs inside serving processes: a batch must not hold the event loop for all its links at once.
+    lender = await make_tenant("sliced")
+    linked = 0
+    original = chain.link
+
+    def counting_link(*args: Any) -> bytes:
+        nonlocal linked
+        linked += 1
+        return original(*args)
+
+    monkeypatch.setattr(chain, "link", counting_link)
+    seen_midway: set[int] = set()
+    done = asyncio.Event()
+
+    async def other_request() -> None:  # stands for a request served by the same loop
+        while not done.is_set():
+            if 0 < linked < 400:
+                seen_midway.add(linked)
+            await asyncio.sleep(0)
+
+    sealed = 0
+    for _ in range(3):  # the test app's own background sealer may take the chain first: then seal anew
+        await _events(runtime, lender.tenant_id, 400)
+        linked = 0
+        task = asyncio.create_task(other_request())
+        async with runtime.sessions() as session, session.begin():  # this tenant's chain only
+            sealed = await chain._seal_chain(session, chain.chain_key(runtime.ring), lender.tenant_id, 1000)
+        done.set()
+        await task
+        if sealed >= 400:
+            break
+        done.clear()
+        seen_midway.clear()
+    assert sealed >= 400
+    assert len(seen_midway) >= 400 // chain.YIELD_EVERY - 1
+    assert max(seen_midway) - min(seen_midway) >= 300
+    result = await _verify(runtime, lender.tenant_id)
+    assert result.ok, result.problems

@@ -50,6 +50,9 @@ log = structlog.get_logger("broker.audit")
 SEAL_BATCH = 1000
 VERIFY_BATCH = 5000
 CHAINS_PER_ROUND = 100
+YIELD_EVERY = 50
+"""Sealing runs in serving processes: it hands the event loop back after this many links (about 2 ms of
+CPU here), so a batch never stalls the requests in flight for tens of milliseconds."""
 _LABEL = b"broker audit chain v1"
 
 
@@ -113,10 +116,12 @@ async def _seal_chain(session: AsyncSession, key: bytes, tenant_id: uuid.UUID | 
     events = await repository.unsealed(session, tenant_id, batch)
     seq, previous = head.seq, head.hash
     links: list[tuple[int, int, bytes]] = []
-    for event in events:
+    for n, event in enumerate(events, 1):
         seq += 1
         previous = link(key, previous, seq, event)
         links.append((event.id, seq, previous))
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # let the requests this process serves run between slices
     if links:
         await repository.store_links(session, links)
         await repository.move_head(session, chain, seq, previous)

@@ -86,7 +86,7 @@ def migrate() -> None:
 def serve(host: str | None, port: int | None, workers: int | None, no_migrate: bool) -> None:
     """Migrate, then serve the API with granian."""
     from granian import Granian  # noqa: PLC0415
-    from granian.constants import Interfaces  # noqa: PLC0415
+    from granian.constants import Interfaces, Loops  # noqa: PLC0415
 
     started = bootstrap.start()
     settings = started.settings
@@ -102,6 +102,7 @@ def serve(host: str | None, port: int | None, workers: int | None, no_migrate: b
         address=bind_host,
         port=bind_port,
         interface=Interfaces.ASGI,
+        loop=Loops.auto,  # uvloop, a dependency outside Windows: the loop that drives asyncpg's sockets
         workers=workers or settings.workers,
         log_access=False,
         log_enabled=True,

@@ -6,8 +6,10 @@ machines before it reaches the wire; through asyncpg's prepared-statement cache 
 that. Everything else keeps the SQLAlchemy engine.
 
 Invariants:
-    * No session state: every statement runs in autocommit (its own implicit transaction), so a
-      connection can go back to the pool, or through a transaction-mode pooler, between statements.
+    * No session state: every statement runs in autocommit (its own implicit transaction), or inside
+      one explicit transaction that ends before the connection goes back to the pool
+      (:meth:`HotPool.transaction`), so a connection can go back to the pool, or through a
+      transaction-mode pooler, between requests.
     * The pool is sized once (``BROKER_DB_POOL_SIZE``) and never closes idle connections under load:
       no reconnect, re-parse or type introspection in the middle of a burst. New connections prepare
       the registered hot statements when they are opened (:func:`register`), which also runs asyncpg's
@@ -17,12 +19,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from broker.settings import Settings
 
 _PREPARED: list[str] = []
@@ -121,6 +126,17 @@ class HotPool:
         pool = self._pool or await self._open()
         async with pool.acquire() as connection:
             await connection.execute(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One connection inside ``BEGIN`` ... ``COMMIT`` (rolled back if the block raises).
+
+        For the few hot paths that must read under a lock before they write (refresh rotation). The
+        transaction ends before the connection goes back to the pool, so no state outlives the block.
+        """
+        pool = self._pool or await self._open()
+        async with pool.acquire() as connection, connection.transaction():
+            yield connection
 
     async def close(self) -> None:
         """Close every pooled connection (at shutdown)."""

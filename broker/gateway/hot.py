@@ -21,7 +21,6 @@ from broker.oauth.flows.base import IssuedTokens
 
 if TYPE_CHECKING:
     from broker.context import Runtime
-    from broker.crypto.datakeys import DataKey
     from broker.gateway.client import Upstream
     from broker.tenants.clients import AuthenticatedClient
 
@@ -55,15 +54,6 @@ SELECT count(*) AS issued FROM g
 )
 
 
-async def _data_key(runtime: Runtime, tenant_id: uuid.UUID) -> DataKey:
-    """The tenant's data key: from the ring's cache, else loaded (or created) in a short transaction."""
-    cached = runtime.ring.data_keys.current(tenant_id)
-    if cached is not None:
-        return cached
-    async with runtime.sessions() as session, session.begin():
-        return await sealing.current_data_key(session, runtime.ring, tenant_id)
-
-
 async def record_client_credentials(
     runtime: Runtime,
     client: AuthenticatedClient,
@@ -82,7 +72,7 @@ async def record_client_credentials(
     """Record a ``client_credentials`` grant the upstream issued (see the module docstring)."""
     grant_id, refresh_id = uuid.uuid4(), uuid.uuid4()
     refresh = tokens.new_refresh_token() if upstream.held else upstream_refresh_token
-    data_key = await _data_key(runtime, client.id)
+    data_key = await sealing.hot_data_key(runtime, client.id)
     dek = str(data_key.id)
     held_sealed = envelope.seal_with_data_key(
         dek,

@@ -31,6 +31,7 @@ from broker.keys import repository
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from broker.context import Runtime
     from broker.crypto.datakeys import DataKey
     from broker.crypto.keyring import KeyRing
 
@@ -77,6 +78,19 @@ async def current_data_key(session: AsyncSession, ring: KeyRing, tenant_id: uuid
     if not row.mine:
         ring.data_keys.put(data_key, current=True)
     return data_key
+
+
+async def hot_data_key(runtime: Runtime, tenant_id: uuid.UUID) -> DataKey:
+    """The tenant's live data key for a hot path.
+
+    From the ring's cache, else loaded (or created) in a short transaction of its own, which commits
+    before the key seals anything.
+    """
+    cached = runtime.ring.data_keys.current(tenant_id)
+    if cached is not None:
+        return cached
+    async with runtime.sessions() as session, session.begin():
+        return await current_data_key(session, runtime.ring, tenant_id)
 
 
 async def data_key_by_id(session: AsyncSession, ring: KeyRing, dek_id: uuid.UUID) -> DataKey:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from broker import errors
-from broker.oauth.flows import client_credentials
+from broker.oauth.flows import client_credentials, rotation
 from broker.oauth.flows.base import DeferredFailure, Flow, IssuedTokens, TokenRequest
 from broker.oauth.flows.refresh_token import RefreshTokenFlow
 from broker.oauth.flows.token_exchange import TokenExchangeFlow
@@ -47,6 +47,10 @@ async def issue_token(
         raise errors.InvalidRequest("missing required parameter 'grant_type'")
     if values[0] == client_credentials.GRANT_TYPE:
         return await client_credentials.issue(runtime, client, params, request_id)
+    if values[0] == RefreshTokenFlow.grant_type:
+        rotated = await rotation.try_rotate(runtime, client, params, request_id)
+        if rotated is not None:
+            return rotated
     flow = FLOWS.get(values[0])
     if flow is None:
         raise errors.UnsupportedGrantType("unsupported grant_type")

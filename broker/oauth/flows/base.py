@@ -259,6 +259,12 @@ async def seal_retry_pair(
     now: datetime,
 ) -> str:
     """Seal a rotation's successor pair so a retry within the grace window gets the same pair."""
+    aad = retry_pair_aad(token_id, tenant_id)
+    return await sealing.seal(session, ring, tenant_id, retry_pair_plaintext(issued, now), aad)
+
+
+def retry_pair_plaintext(issued: IssuedTokens, now: datetime) -> bytes:
+    """What a sealed retry pair holds: the successor pair, its expiry, scope and grant."""
     payload: dict[str, Any] = {
         "a": issued.access_token,
         "r": issued.refresh_token,
@@ -266,15 +272,19 @@ async def seal_retry_pair(
         "s": list(issued.scope),
         "g": str(issued.grant_id),
     }
-    aad = envelope.aad_for("refresh_tokens", "retry_pair", tenant_id, token_id)
-    return await sealing.seal(session, ring, tenant_id, json.dumps(payload).encode(), aad)
+    return json.dumps(payload).encode()
+
+
+def retry_pair_aad(token_id: uuid.UUID, tenant_id: uuid.UUID) -> bytes:
+    """The AAD binding a retry pair to the rotated token's row and tenant."""
+    return envelope.aad_for("refresh_tokens", "retry_pair", tenant_id, token_id)
 
 
 async def open_retry_pair(
     session: AsyncSession, ring: KeyRing, token_id: uuid.UUID, tenant_id: uuid.UUID, sealed: str, *, now: datetime
 ) -> IssuedTokens:
     """Open a sealed retry pair (see :func:`seal_retry_pair`)."""
-    aad = envelope.aad_for("refresh_tokens", "retry_pair", tenant_id, token_id)
+    aad = retry_pair_aad(token_id, tenant_id)
     payload = json.loads(await sealing.open_(session, ring, sealed, aad))
     return IssuedTokens(
         access_token=payload["a"],

@@ -34,7 +34,6 @@ from broker.tenants.clients import STILL_VALID, StaleClient
 
 if TYPE_CHECKING:
     from broker.context import Runtime
-    from broker.crypto.datakeys import DataKey
     from broker.tenants.clients import AuthenticatedClient
 
 GRANT_TYPE = "client_credentials"
@@ -67,15 +66,6 @@ SELECT count(*) AS issued FROM g
 )
 
 
-async def _data_key(runtime: Runtime, tenant_id: uuid.UUID) -> DataKey:
-    """The tenant's data key: from the ring's cache, else loaded (or created) in a short transaction."""
-    cached = runtime.ring.data_keys.current(tenant_id)
-    if cached is not None:
-        return cached
-    async with runtime.sessions() as session, session.begin():
-        return await sealing.current_data_key(session, runtime.ring, tenant_id)
-
-
 async def issue(
     runtime: Runtime, client: AuthenticatedClient, params: dict[str, list[str]], request_id: str
 ) -> IssuedTokens:
@@ -100,7 +90,7 @@ async def issue(
     hash_key = runtime.ring.hash_key
     access, refresh = tokens.new_access_token(), tokens.new_refresh_token()
     grant_id, refresh_id = uuid.uuid4(), uuid.uuid4()
-    data_key = await _data_key(runtime, client.id)
+    data_key = await sealing.hot_data_key(runtime, client.id)
     sealed = envelope.seal_with_data_key(
         str(data_key.id),
         data_key.key,
