@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from broker.db.models import AuditEvent, TenantUpstream
-from broker.gateway import calls
+from broker.gateway import calls, upstreams
 from tests.admin_helpers import bearer, issue_key
 from tests.gateway_helpers import (
     EXCHANGE,
@@ -26,6 +26,7 @@ from tests.gateway_helpers import (
     set_upstream,
     upstream_broker,
 )
+from tests.oauth_helpers import add_member
 
 
 @pytest.fixture(scope="module")
@@ -387,3 +388,45 @@ async def test_an_operator_revoking_a_gateway_grant_or_removing_a_party_also_rev
     assert revoked.status_code == 200, revoked.text
     assert await calls.run_once(runtime) >= 1
     assert (await up.introspect(world.partner_b.upstream, party_b["access_token"]))["active"] is False
+
+
+async def test_parties_must_have_an_identity_at_the_upstream_and_local_flows_never_refresh_gateway_grants(
+    client, runtime, make_tenant, up
+):
+    with proxy_to(up.url) as proxy:
+        world = await build_gateway_world(client, runtime, make_tenant, up, proxy.url)
+        lender = world.lender.local
+        # A partner in issuer mode behind an allowed URN cannot be a party of an upstream grant.
+        local_partner = await make_tenant("issuer-mode partner", kind="partner")
+        await add_member(runtime.sessions, world.urn_b, local_partner.tenant_id)
+        before = proxy.count()
+        refused = await _token(
+            client,
+            lender,
+            grant_type=EXCHANGE,
+            subject_token_type=MULTI,
+            subject_token=world.user_id,
+            audience=world.urn_b,
+        )
+        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_target"), refused.text
+        assert proxy.count() == before
+
+        shared = await _ok(
+            client,
+            lender,
+            grant_type=EXCHANGE,
+            subject_token_type=MULTI,
+            subject_token=world.user_id,
+            audience=world.urn_a,
+        )
+        own = await _ok(client, lender, grant_type="client_credentials")
+        # Both tenants go back to issuer mode: what the upstream issued can no longer be refreshed here
+        # (neither by the hot path nor by the full flow), and nothing is minted locally for it.
+        for tenant in (lender, world.partner_a.local):
+            async with runtime.sessions() as session, session.begin():
+                await upstreams.delete_upstream(session, tenant.client_id, actor="test", request_id=None)
+        hits = proxy.count()
+        for creds, token in ((world.partner_a.local, shared["refresh_token"]), (lender, own["refresh_token"])):
+            response = await _token(client, creds, grant_type="refresh_token", refresh_token=token)
+            assert (response.status_code, response.json()["error"]) == (400, "invalid_grant"), response.text
+        assert proxy.count() == hits

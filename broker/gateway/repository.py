@@ -37,6 +37,16 @@ async def upstream_client_ids(
     return {row[0]: (row[1], row[2]) for row in result.all()}
 
 
+async def with_upstream(session: AsyncSession, tenant_ids: Sequence[uuid.UUID], base_url: str) -> set[uuid.UUID]:
+    """Which of ``tenant_ids`` have an identity at ``base_url``."""
+    result = await session.execute(
+        select(TenantUpstream.tenant_id).where(
+            TenantUpstream.tenant_id.in_(list(tenant_ids)), TenantUpstream.base_url == base_url
+        )
+    )
+    return set(result.scalars())
+
+
 async def save_upstream(session: AsyncSession, values: dict[str, Any]) -> None:
     """Insert or replace a tenant's upstream and bump the tenant's ``updated_at`` (cached snapshots expire)."""
     existing = await upstream_of(session, values["tenant_id"])

@@ -847,6 +847,14 @@ async def _multi_user_plan(
     async with runtime.sessions() as session, session.begin():
         targets = await audiences.resolve_targets(session, client.id, entries)
         translated = await translate_audiences(session, client, upstream, entries)
+        # Every party must be able to use its share: an identity at the same upstream (docs/gateway.md).
+        members = {tenant_id for target in targets for tenant_id in target.partner_tenant_ids}
+        known = await repository.with_upstream(session, list(members), upstream.base_url)
+        for target in targets:
+            if not set(target.partner_tenant_ids) <= known:
+                raise errors.InvalidTarget(
+                    f"audience {target.entry!r} has a party without an identity at this upstream"
+                )
     allowed: tuple[str, ...] = tuple(client.allowed_scopes)
     for target in targets:
         allowed = _intersect(allowed, target.allowed_scopes)
