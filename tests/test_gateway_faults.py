@@ -239,3 +239,31 @@ async def test_concurrent_exchanges_and_forks_through_the_gateway_each_get_their
             .where(Grant.kind == "party", Grant.holder_tenant_id == partner.tenant_id)
         )
     assert parties == 6
+
+
+async def test_revoke_racing_refreshes_through_the_gateway_leaves_nothing_live_here_or_upstream(
+    live_server, client, runtime, make_tenant, up
+):
+    world = await build_gateway_world(client, runtime, make_tenant, up, up.url)
+    lender, lender_up = world.lender.local, world.lender.upstream
+    issued = (await _token(client, lender, grant_type="client_credentials")).json()
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
+        refresh = {"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
+        calls_ = [http.post("/oauth/token", json=refresh, headers=lender.headers) for _ in range(6)]
+        calls_.insert(3, http.post("/oauth/revoke", json={"token": issued["refresh_token"]}, headers=lender.headers))
+        responses = await asyncio.gather(*calls_)
+    assert responses[3].status_code == 200
+    refreshed = [r for i, r in enumerate(responses) if i != 3]
+    assert all(
+        r.status_code == 200 or (r.status_code == 400 and r.json()["error"] == "invalid_grant") for r in refreshed
+    ), [r.text for r in refreshed]
+    access_tokens = {issued["access_token"]} | {r.json()["access_token"] for r in refreshed if r.status_code == 200}
+    for _ in range(5):  # drain the outbox (the revocation, and any undo of a refresh that lost the race)
+        if await _pending(runtime, lender.tenant_id) == 0:
+            break
+        await calls.run_once(runtime, now=datetime.now(UTC) + timedelta(hours=1))
+    assert await _pending(runtime, lender.tenant_id) == 0
+    for token in access_tokens:
+        described = await client.post("/oauth/introspect", json={"token": token}, headers=lender.headers)
+        assert described.json()["active"] is False
+        assert (await up.introspect(lender_up, token))["active"] is False
