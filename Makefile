@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check clean install bench bench-growth bench-gateway fuzz chaos
+.PHONY: run test test-scale lint typecheck check clean install bench bench-growth bench-gateway fuzz chaos
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "broker needs Python 3.11 or newer")'
@@ -20,6 +20,17 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Scale-out tests (docs/operations.md), too slow for `make test`: a private primary with a streaming
+# standby (read replica with read-your-writes), then the OAuth, user, race and metrics tests with the
+# app under test going through PgBouncer in transaction mode (installed from Debian when missing).
+SCALE_SUITE := tests/test_oauth_*.py tests/test_users*.py tests/test_client_cache.py tests/test_replicas.py \
+	tests/test_metrics.py tests/test_scale.py
+
+test-scale: $(STAMP)
+	bash tests/install-scale-tools.sh
+	BROKER_TEST_SCALE=1 $(PY) -m pytest tests/test_scale.py $(PYTEST_ARGS)
+	BROKER_TEST_PGBOUNCER=1 $(PY) -m pytest $(SCALE_SUITE) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -209,12 +209,19 @@ def broker_command(*args: str) -> list[str]:
 
 @dataclass
 class Broker:
-    """``broker serve`` (granian) in production mode, in its own session."""
+    """``broker serve`` (granian) in production mode, in its own session.
+
+    With ``servers`` > 1, that many separate ``broker serve`` processes (each with ``workers`` workers)
+    listen on the same port: granian binds with ``SO_REUSEPORT``, so the kernel spreads connections
+    over them, as a load balancer would over replicas.
+    """
 
     env: dict[str, str]
     workers: int
+    servers: int = 1
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="broker-bench-", suffix=".log")[1]))
 
     @property
@@ -234,34 +241,42 @@ class Broker:
     def start(self) -> None:
         """Start serving and wait until ``/healthz`` answers."""
         env = {**os.environ, **self.env, "BROKER_PORT": str(self.port), "BROKER_ISSUER": self.url}
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - our own fixed command line
-                broker_command("serve", "--no-migrate", "--workers", str(self.workers)),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        with self.log.open("ab") as log:
+            started = [
+                subprocess.Popen(  # noqa: S603 - our own fixed command line
+                    broker_command("serve", "--no-migrate", "--workers", str(self.workers)),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                for _ in range(self.servers)
+            ]
+        self.process, self.others = started[0], started[1:]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if any(process.poll() is not None for process in started):
                 raise BenchError(f"broker exited at start-up:\n{self.log.read_text()[-3000:]}")
             with contextlib.suppress(httpx.TransportError):
                 healthy = httpx.get(f"{self.url}/healthz", timeout=1).status_code == HTTPStatus.OK
-                if healthy and len(self.worker_pids()) == self.workers:
+                if healthy and len(self.worker_pids()) == self.workers * self.servers:
                     return
             time.sleep(0.2)
         raise BenchError(f"broker did not become healthy:\n{self.log.read_text()[-3000:]}")
 
+    @property
+    def sessions(self) -> set[int]:
+        """The session ids of the serving processes (each started its own session)."""
+        return {process.pid for process in (self.process, *self.others) if process is not None}
+
     def worker_pids(self) -> list[int]:
-        """The granian worker processes (children of the main process)."""
-        if self.process is None:
-            return []
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            return [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            return []
+        """The granian worker processes (children of the main processes)."""
+        pids: list[int] = []
+        for main in sorted(self.sessions):
+            children = Path(f"/proc/{main}/task/{main}/children")
+            with contextlib.suppress(OSError):
+                pids += [int(pid) for pid in children.read_text().split()]
+        return pids
 
     def show_log_on_failure(self, exc_type: type[BaseException] | None, *_: object) -> None:
         """An exit callback: after a failure, print the end of the server's log (it is deleted on stop)."""
@@ -270,8 +285,9 @@ class Broker:
 
     def stop(self) -> None:
         """Stop the server and its workers."""
-        if self.process is not None:
-            stop_group(self.process)
+        for process in (self.process, *self.others):
+            if process is not None:
+                stop_group(process)
         with contextlib.suppress(OSError):
             self.log.unlink()
 
@@ -352,8 +368,7 @@ class Sampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _classify(self, pid: int, ppid: int, sid: int) -> str | None:
-        server = self.server.process
-        if server is not None and sid == server.pid:
+        if sid in self.server.sessions:
             return "server"
         if ppid == os.getpid():  # wrk or pgbench: the only children while a run is measured
             return "load_tool"

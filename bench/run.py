@@ -8,7 +8,8 @@ out, also after a failure or a SIGTERM.
 
 Configuration (environment, or the matching option): ``BENCH_SECONDS`` (per load run, at most 20),
 ``BENCH_CONNECTIONS`` (``1,8,32``), ``BENCH_TOKENS`` (seeded grants, each with its tokens; 200000),
-``BENCH_WORKERS`` (granian workers; one per core), ``BENCH_SCENARIOS`` (a comma-separated subset),
+``BENCH_WORKERS`` (granian workers; one per core), ``BENCH_SERVERS`` (separate ``broker serve`` processes
+on one port, each with ``BENCH_WORKERS`` workers; 1), ``BENCH_SCENARIOS`` (a comma-separated subset),
 ``BENCH_DATABASE_URL`` (the server to create the throw-away database on).
 """
 
@@ -64,6 +65,7 @@ class Config:
     threads: int
     users: int
     scenarios: tuple[str, ...]
+    servers: int = 1
 
 
 @dataclass
@@ -102,6 +104,7 @@ def parse_config(argv: list[str] | None) -> tuple[Config, str]:
     parser.add_argument("--connections", default=os.environ.get("BENCH_CONNECTIONS", "1,8,32"))
     parser.add_argument("--tokens", type=int, default=_env_int("BENCH_TOKENS", 200_000))
     parser.add_argument("--workers", type=int, default=_env_int("BENCH_WORKERS", os.cpu_count() or 1))
+    parser.add_argument("--servers", type=int, default=_env_int("BENCH_SERVERS", 1), help="broker serve processes")
     parser.add_argument("--threads", type=int, default=_env_int("BENCH_THREADS", 1), help="wrk/pgbench threads")
     parser.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)))
     args = parser.parse_args(argv)
@@ -117,6 +120,7 @@ def parse_config(argv: list[str] | None) -> tuple[Config, str]:
         tokens=args.tokens,
         workers=args.workers,
         threads=max(1, args.threads),
+        servers=max(1, args.servers),
         users=50,
         scenarios=scenarios,
     )
@@ -680,12 +684,15 @@ def main(argv: list[str] | None = None) -> int:
             "BROKER_HASH_KEY": _new_key(),
             "BROKER_LOG_LEVEL": "WARNING",
         }
-        server = Broker(env, config.workers)
+        server = Broker(env, config.workers, config.servers)
         server.cli("migrate")
         stack.callback(server.stop)
         stack.push(server.show_log_on_failure)
         server.start()
-        say(f"broker on {server.url}: granian, {config.workers} workers, production mode")
+        say(
+            f"broker on {server.url}: {config.servers} x broker serve (granian, {config.workers} workers each), "
+            "production mode"
+        )
         world = seed.build_world(server, database, config.users)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="broker-bench-")))
         bench = Bench(config, database, server, world, workdir)

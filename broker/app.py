@@ -5,11 +5,13 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator  # noqa: TC003 - Litestar resolves dependency annotations at runtime
 from contextlib import asynccontextmanager
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State  # noqa: TC002 - resolved at runtime by Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler, Middleware  # noqa: TC002 - used in runtime annotations
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: TC002 - resolved at runtime by Litestar
 
 from broker import __version__
@@ -26,9 +28,12 @@ from broker.grants import routes as grants_routes
 from broker.http import errors as http_errors
 from broker.http import health, openapi, ratelimit
 from broker.http import logging as http_logging
+from broker.http import metrics as http_metrics
+from broker.http.admin import PREFIX, READ_METHODS
 from broker.keys import routes as keys_routes
 from broker.keys import service as keys_service
 from broker.oauth import routes as oauth_routes
+from broker.observability import collect, metrics
 from broker.settings import Settings
 from broker.tenants import routes as tenants_routes
 from broker.users import routes as users_routes
@@ -37,10 +42,18 @@ from broker.webhooks import routes as webhooks_routes
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    """Load the key ring and build the engine. Fails fast on a bad key ring."""
+    """Load the key ring and build the engines (the primary's, and the replica's if any). Fails fast on a bad ring."""
     ring = KeyRing.from_settings(settings)
     engine = create_engine(settings)
-    return Runtime(settings=settings, ring=ring, engine=engine, sessions=create_sessionmaker(engine))
+    read_engine = create_engine(settings, settings.database_read_url) if settings.database_read_url else None
+    return Runtime(
+        settings=settings,
+        ring=ring,
+        engine=engine,
+        sessions=create_sessionmaker(engine),
+        read_engine=read_engine,
+        read_sessions=create_sessionmaker(read_engine) if read_engine is not None else None,
+    )
 
 
 def freeze_startup_objects() -> None:
@@ -61,34 +74,63 @@ def _provide_runtime(state: State) -> Runtime:
     return runtime
 
 
-async def _provide_session(state: State) -> AsyncIterator[AsyncSession]:
+async def _provide_session(state: State, request: Request[Any, Any, Any]) -> AsyncIterator[AsyncSession]:
+    """A session on the primary; admin reads (GET, HEAD) go to the read replica when one is configured."""
     runtime: Runtime = state.runtime
-    async with runtime.sessions() as session:
+    sessions = runtime.sessions
+    if runtime.read_sessions is not None and request.method in READ_METHODS and request.url.path.startswith(PREFIX):
+        sessions = runtime.read_sessions
+    async with sessions() as session:
         yield session
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    """Request context (request id, access log, metrics), wrapped in a tracing span when tracing is on."""
+    stack: list[Middleware] = [http_logging.RequestContextMiddleware]
+    if settings.otel_enabled:  # imported only when enabled: no cost when off
+        from broker.observability import tracing  # noqa: PLC0415
+
+        tracing.install(settings)
+        stack.insert(0, tracing.TracingMiddleware)
+    return stack
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the ASGI application. Nothing registers itself at import time."""
     settings = settings or Settings()
     http_logging.configure(settings)
+    metrics.use_directory(settings.metrics_dir)
     runtime = build_runtime(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.runtime = runtime
+        app.state.outbox_gauges = collect.OutboxGauges(runtime.engine)
+        sampler = collect.pool_sampler(runtime)
+        metrics.REGISTRY.samplers.append(sampler)
         try:
             await keys_service.check_ring_on_start(runtime)  # refuse a ring that lacks a key in use
             freeze_startup_objects()
-            async with webhook_delivery.running(runtime), audit_chain.sealing(runtime), upstream_calls.running(runtime):
+            # On shutdown (SIGTERM to granian: in-flight requests finish first) the blocks end in
+            # reverse: the webhook worker lets its in-flight deliveries finish and records them.
+            async with (
+                metrics.flushing(),
+                webhook_delivery.running(runtime),
+                audit_chain.sealing(runtime),
+                upstream_calls.running(runtime),
+            ):
                 yield
         finally:
+            metrics.REGISTRY.samplers.remove(sampler)
             await ratelimit.close(app.state)
             await runtime.close()
 
+    handlers: list[ControllerRouterHandler] = [health.healthz, health.readyz]
+    if settings.metrics_enabled:
+        handlers.append(http_metrics.exposition)
     return Litestar(
         route_handlers=[
-            health.healthz,
-            health.readyz,
+            *handlers,
             oauth_routes.router,
             oauth_routes.metadata,
             users_routes.router,
@@ -106,7 +148,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "session": Provide(_provide_session),
         },
         exception_handlers=http_errors.HANDLERS,
-        middleware=[http_logging.RequestContextMiddleware],
+        middleware=_middleware(settings),
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

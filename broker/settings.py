@@ -23,6 +23,11 @@ class Settings(BaseSettings):
 
     env: Environment = "development"
     database_url: str | None = None
+    # Scale-out (docs/operations.md): a streaming replica for introspection and admin reads, and
+    # PgBouncer in transaction mode in front of either (no prepared statement, no session parameter).
+    database_read_url: str | None = None
+    database_pooler: Literal["none", "pgbouncer"] = "none"
+    database_migrate_url: str | None = None  # direct, past the pooler: migrations hold a session advisory lock
     data_dir: Path = Path(".broker")
 
     host: str = "127.0.0.1"
@@ -95,7 +100,16 @@ class Settings(BaseSettings):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
-    @field_validator("database_url")
+    # Observability (docs/operations.md): Prometheus at /metrics (optionally behind a bearer token),
+    # the directory the workers of one server share their metrics through, and OpenTelemetry tracing.
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = None
+    metrics_dir: Path | None = None
+    otel_enabled: bool = False
+    otel_endpoint: str | None = None
+    otel_service_name: str = "broker"
+
+    @field_validator("database_url", "database_read_url", "database_migrate_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None or value == "":

@@ -46,10 +46,19 @@ def pytest_configure(config: pytest.Config) -> None:
     server, handle = dbsetup.server_url()
     url = dbsetup.create_database(server)
     _STATE.update(url=url, handle=handle)
-    migrate.upgrade(url)
+    migrate.upgrade(url)  # always direct: the migration's session advisory lock needs a session
+    served = url
+    if os.environ.get("BROKER_TEST_PGBOUNCER"):  # make test-scale: the app under test goes through PgBouncer
+        from tests.scale_helpers import PgBouncer  # noqa: PLC0415
+
+        bouncer = PgBouncer(url, pool_size=30)
+        bouncer.start()
+        _STATE["bouncer"] = bouncer
+        served = bouncer.url(dbsetup.database_of(url))
+        os.environ["BROKER_DATABASE_POOLER"] = "pgbouncer"
     os.environ.update(
         BROKER_ENV="test",
-        BROKER_DATABASE_URL=url,
+        BROKER_DATABASE_URL=served,
         BROKER_KEYS=f"test-2:{generate_key()},test-1:{generate_key()}",
         BROKER_HASH_KEY=generate_key(),
         BROKER_LOG_LEVEL="INFO",
@@ -66,6 +75,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    bouncer = _STATE.pop("bouncer", None)
+    if bouncer is not None:
+        bouncer.stop()
     url = _STATE.pop("url", None)
     if url and not os.environ.get("BROKER_KEEP_TEST_DATABASE"):
         dbsetup.drop_database(url)

@@ -37,6 +37,11 @@ def _asyncpg_kwargs(url: str) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v not in (None, "")}
 
 
+def database_of(url: str) -> str:
+    """The database name of ``url``."""
+    return str(make_url(url).database)
+
+
 def with_database(url: str, database: str) -> str:
     """``url`` pointing at another database."""
     return make_url(url).set(database=database).render_as_string(hide_password=False)

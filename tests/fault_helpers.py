@@ -136,7 +136,8 @@ class PrivatePostgres:
     Runs as the unprivileged ``pgserver`` user when the tests run as root (PostgreSQL refuses root).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, options: str = "") -> None:
+        self.options = options
         self.root = Path(tempfile.mkdtemp(prefix="broker-pg-"))
         self.pgdata = self.root / "data"
         self.port = free_port()
@@ -173,6 +174,7 @@ class PrivatePostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        options += f" {self.options}" if self.options else ""
         self._run(
             "pg_ctl", "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.root / "log"), "-o", options, "start"
         )

@@ -1,15 +1,13 @@
-#!/bin/sh
-# make test-scale needs PgBouncer (the Debian package) and PostgreSQL's psql client; install them
-# when missing. The primary and standby of the replica test use the PostgreSQL binaries that ship
-# with the pgserver package, so no PostgreSQL server package is needed.
-set -e
-missing=""
-command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$missing pgbouncer"
-[ -x /usr/lib/postgresql/15/bin/psql ] || command -v psql >/dev/null 2>&1 || missing="$missing postgresql-client"
-[ -z "$missing" ] && exit 0
-if [ "$(id -u)" -ne 0 ]; then
-    echo "make test-scale needs:$missing (apt-get install -y$missing, as root)" >&2
-    exit 1
+#!/usr/bin/env bash
+# Install what `make test-scale` needs from Debian's packages, unless it is already there: PgBouncer.
+# The primary, the standby and psql come with the pgserver package's PostgreSQL binaries.
+set -euo pipefail
+command -v pgbouncer >/dev/null 2>&1 && exit 0
+[ -x /usr/sbin/pgbouncer ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "test-scale: installing pgbouncer" >&2
+if ! $sudo apt-get install -y --no-install-recommends pgbouncer; then
+  $sudo apt-get update
+  $sudo apt-get install -y --no-install-recommends pgbouncer
 fi
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null

@@ -199,3 +199,21 @@ def test_demo_curl_lines_work_against_a_live_server(live_server):
     assert token["refresh_token"].startswith("pdr-")
     assert token["token_type"] == "Bearer"
     assert token["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+
+
+def test_migrate_behind_pgbouncer_needs_a_direct_url():
+    refused = broker("migrate", env={"BROKER_DATABASE_POOLER": "pgbouncer"}, check=False)
+    assert refused.returncode == 1
+    assert "BROKER_DATABASE_MIGRATE_URL" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    direct = os.environ["BROKER_DATABASE_URL"]
+    unreachable = "postgresql://postgres@127.0.0.1:1/nowhere"  # the pooled URL is not used to migrate
+    done = broker(
+        "migrate",
+        env={
+            "BROKER_DATABASE_POOLER": "pgbouncer",
+            "BROKER_DATABASE_URL": unreachable,
+            "BROKER_DATABASE_MIGRATE_URL": direct,
+        },
+    )
+    assert "database at revision" in done.stdout

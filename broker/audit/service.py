@@ -5,15 +5,17 @@ Invariant: no token, secret or key is ever passed here; ``detail`` holds ids, co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
+from sqlalchemy.dialects.postgresql import JSONB
 
 from broker.db.models import AuditEvent
 
 if TYPE_CHECKING:
     import uuid
 
+    from sqlalchemy import Table
     from sqlalchemy.ext.asyncio import AsyncSession
 
 
@@ -31,17 +33,27 @@ async def record(
 ) -> None:
     """Insert one audit event in the current transaction."""
     await session.execute(
-        insert(AuditEvent).values(
-            tenant_id=tenant_id,
-            request_id=request_id,
-            actor=actor,
-            action=action,
-            outcome=outcome,
-            grant_id=grant_id,
-            user_id=user_id,
-            detail=detail or {},
-        )
+        _RECORD,
+        {
+            "tenant_id": tenant_id,
+            "request_id": request_id,
+            "actor": actor,
+            "action": action,
+            "outcome": outcome,
+            "grant_id": grant_id,
+            "user_id": user_id,
+            "detail": detail or {},
+        },
     )
+
+
+_RECORD = insert(cast("Table", AuditEvent.__table__)).values(
+    {
+        name: bindparam(name, type_=JSONB if name == "detail" else None)
+        for name in ("tenant_id", "request_id", "actor", "action", "outcome", "grant_id", "user_id", "detail")
+    }
+)
+"""Built once: building ``insert(...).values(...)`` per event cost more CPU than sending it."""
 
 
 async def record_many(session: AsyncSession, rows: list[dict[str, Any]]) -> None:

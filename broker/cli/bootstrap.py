@@ -7,10 +7,12 @@ announced loudly. In production mode nothing is filled in: missing settings stop
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
@@ -19,7 +21,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.crypto.keyring import KeyRing, KeyRingError, ensure_dev_key_file
 from broker.db import embedded
 from broker.db import migrate as migrations
+from broker.observability import metrics
 from broker.settings import Settings, describe_validation_error
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @dataclass
@@ -76,10 +82,35 @@ def load_ring(settings: Settings) -> KeyRing:
 def migrate_database(settings: Settings) -> None:
     """Apply migrations, or a one-line error (exit 1) when the database or the scripts cannot be reached."""
     assert settings.database_url is not None  # noqa: S101 - start() guarantees it
+    url = settings.database_migrate_url or settings.database_url
+    if settings.database_pooler == "pgbouncer" and settings.database_migrate_url is None:
+        raise click.ClickException(
+            "BROKER_DATABASE_POOLER=pgbouncer: set BROKER_DATABASE_MIGRATE_URL to a direct connection to the "
+            "primary (migrations hold a session advisory lock, which transaction pooling cannot keep)"
+        )
     try:
-        migrations.upgrade(settings.database_url)
+        migrations.upgrade(url)
     except migrations.MigrationsNotFound as exc:
         raise click.ClickException(str(exc)) from None
     except (OSError, SQLAlchemyError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
         raise click.ClickException(f"cannot migrate the database ({type(exc).__name__}: {reason})") from None
+
+
+@contextlib.contextmanager
+def metrics_directory(settings: Settings) -> Iterator[None]:
+    """The directory this server's workers share their metrics through, cleared first (``BROKER_METRICS_DIR``).
+
+    When none is configured a private temporary one is made, handed to the workers through the
+    environment, and removed when the server stops.
+    """
+    if settings.metrics_dir is not None:
+        metrics.clear_directory(settings.metrics_dir)
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="broker-metrics-") as directory:
+        os.environ["BROKER_METRICS_DIR"] = directory
+        try:
+            yield
+        finally:
+            os.environ.pop("BROKER_METRICS_DIR", None)

@@ -96,17 +96,18 @@ def serve(host: str | None, port: int | None, workers: int | None, no_migrate: b
     keys_cli.refuse_missing_keys(settings)  # a key retired too early: one line here, not a traceback per worker
     bind_host, bind_port = host or settings.host, port or settings.port
     click.echo(f"broker serving on http://{bind_host}:{bind_port} (OpenAPI UI at /schema)", err=True)
-    Granian(
-        "broker.app:create_app",
-        factory=True,
-        address=bind_host,
-        port=bind_port,
-        interface=Interfaces.ASGI,
-        loop=Loops.auto,  # uvloop, a dependency outside Windows: the loop that drives asyncpg's sockets
-        workers=workers or settings.workers,
-        log_access=False,
-        log_enabled=True,
-    ).serve()
+    with bootstrap.metrics_directory(settings):  # the workers sum their metrics through it
+        Granian(
+            "broker.app:create_app",
+            factory=True,
+            address=bind_host,
+            port=bind_port,
+            interface=Interfaces.ASGI,
+            loop=Loops.auto,  # uvloop, a dependency outside Windows: the loop that drives asyncpg's sockets
+            workers=workers or settings.workers,
+            log_access=False,
+            log_enabled=True,
+        ).serve()
 
 
 @cli.command()

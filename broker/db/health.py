@@ -12,6 +12,16 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 
+async def reachable(engine: AsyncEngine) -> str:
+    """``"ok"`` when the server of ``engine`` answers, else why not."""
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - reported, never raised
+        return f"unavailable ({type(exc).__name__})"
+    return "ok"
+
+
 async def check(engine: AsyncEngine) -> dict[str, str]:
     """``{"database": ..., "migrations": ...}`` with ``"ok"`` for each check that passes."""
     try:

@@ -18,6 +18,7 @@ from broker.admin_keys import service as admin_keys
 from broker.http import ratelimit
 from broker.http.auth import bearer_token
 from broker.http.params import JSON, MAX_VALUE_CHARS, decode_json_object
+from broker.observability import metrics
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -54,6 +55,7 @@ async def require_admin_key(connection: ASGIConnection[Any, Any, Any, Any], _: B
         async with runtime.sessions() as session:
             principal = await admin_keys.authenticate(session, runtime.ring, presented, write=write)
     except errors.Unauthorized:
+        metrics.AUTH_FAILURES.inc("admin")
         if presented is not None:
             await throttle.failed(ratelimit.ADMIN, address)
         raise

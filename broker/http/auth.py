@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from broker import errors
 from broker.http import ratelimit
+from broker.observability import metrics
 from broker.tenants import clients
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ async def authenticate_client(
     try:
         client = await clients.authenticate(runtime, credentials, cached=cached)
     except errors.InvalidClient:
+        metrics.AUTH_FAILURES.inc("client")
         await throttle.failed(credentials.client_id, address)
         raise
     request.scope.setdefault("state", {})["client_id"] = client.client_id

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from broker.observability import metrics
+
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
 
@@ -95,8 +97,15 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
+_STATUS_LABELS = {code: str(code) for code in range(100, 600)}
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestContextMiddleware:
-    """Assigns a request id, echoes it as ``X-Request-Id`` and writes one access-log line per request."""
+    """Request id, ``X-Request-Id``, one access-log line and the request metrics, per request.
+
+    Requests are counted under their route template, never the raw path (which may carry ids).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -127,11 +136,17 @@ class RequestContextMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                elapsed = time.perf_counter() - started
+                method = scope.get("method", "")
+                route = scope.get("path_template") or "unmatched"
+                labels = (method if method in _METHODS else "other", route, _STATUS_LABELS.get(status, "other"))
+                metrics.HTTP_REQUESTS.inc(*labels)
+                metrics.HTTP_DURATION.observe(elapsed, *labels)
                 self.log.info(
                     "request",
-                    method=scope.get("method"),
+                    method=method,
                     path=scope.get("path"),
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                     client_id=state.get("client_id"),
                 )

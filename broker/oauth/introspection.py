@@ -13,6 +13,11 @@ Invariants:
       so the statement commits without a WAL flush.
     * The statement re-checks the caller's cached authentication (``clients.STILL_VALID``) and raises
       ``StaleClient`` with nothing written when it no longer holds (see ``flows.client_credentials``).
+    * With a read replica (``BROKER_DATABASE_READ_URL``) the replica answers only what it can answer
+      alone: the owner tenant introspecting a token that is live there (nothing to audit). Anything
+      else (unknown, inactive, not the owner, a caller the replica does not know yet) is asked of the
+      primary, which also writes the audit event. So a token just issued introspects as active at once
+      (read-your-writes), while a revocation reaches the replica's answers after its replication lag.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from broker.crypto import tokens
 from broker.db.hotpath import register
 from broker.oauth import repository
+from broker.observability import metrics
 from broker.tenants.clients import STILL_VALID, StaleClient
 
 if TYPE_CHECKING:
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.context import Runtime
+    from broker.db.hotpath import HotPool
     from broker.tenants.clients import AuthenticatedClient
 
 
@@ -83,13 +90,28 @@ def visible_to(row: Row[Any], caller: AuthenticatedClient) -> bool:
     )
 
 
-def _statement(kind: str) -> str:
-    """The describe-and-audit statement for an access or a refresh token (parameters in ``introspect``)."""
+def _statement(kind: str, *, audit: bool = True) -> str:
+    """The describe-and-audit statement for an access or a refresh token (parameters in ``introspect``).
+
+    Without ``audit`` it only reads (for a read replica, which refuses any write) and takes ``$1``-``$4``.
+    """
     token_table, token_columns = {
         "access": ("access_tokens", "tok.scopes AS token_scopes, NULL::timestamptz AS rotated_at"),
         "refresh": ("refresh_tokens", "NULL::text[] AS token_scopes, tok.rotated_at"),
     }[kind]
     still_valid = STILL_VALID.format(tenant="$2::uuid", updated_at="$3::timestamptz", secret="$4::uuid")
+    audited = (
+        """,
+audited AS (
+    INSERT INTO audit_events (tenant_id, request_id, actor, action, outcome, grant_id, user_id, detail)
+    SELECT d.tenant_id, $5::text, $6::text, 'token.introspected',
+           CASE WHEN d.visible THEN 'success' ELSE 'denied' END, d.grant_id, d.user_id, $7::jsonb
+    FROM d
+    WHERE d.tenant_id <> $2::uuid AND EXISTS (SELECT 1 FROM ok)
+)"""
+        if audit
+        else ""
+    )
     return f"""
 WITH ok AS ({still_valid}),
 d AS (
@@ -108,14 +130,7 @@ d AS (
     LEFT JOIN tenants AS holder ON holder.id = g.holder_tenant_id
     LEFT JOIN users AS u ON u.id = g.user_pk
     WHERE tok.digest = $1::bytea
-),
-audited AS (
-    INSERT INTO audit_events (tenant_id, request_id, actor, action, outcome, grant_id, user_id, detail)
-    SELECT d.tenant_id, $5::text, $6::text, 'token.introspected',
-           CASE WHEN d.visible THEN 'success' ELSE 'denied' END, d.grant_id, d.user_id, $7::jsonb
-    FROM d
-    WHERE d.tenant_id <> $2::uuid AND EXISTS (SELECT 1 FROM ok)
-)
+){audited}
 SELECT EXISTS (SELECT 1 FROM ok) AS authorized, d.* FROM (SELECT 1) AS one LEFT JOIN d ON true
 """  # noqa: S608 - constants only
 
@@ -124,13 +139,100 @@ _STILL_VALID = register(
     "SELECT EXISTS ({})".format(STILL_VALID.format(tenant="$1::uuid", updated_at="$2::timestamptz", secret="$3::uuid"))
 )
 _DESCRIBE = {kind: register(_statement(kind)) for kind in ("access", "refresh")}
+_DESCRIBE_READ = {kind: register(_statement(kind, audit=False)) for kind in ("access", "refresh")}
 _AUDIT_DETAIL = {kind: json.dumps({"token_kind": kind}) for kind in ("access", "refresh")}
+
+
+async def introspect(
+    runtime: Runtime, caller: AuthenticatedClient, token: str, request_id: str
+) -> Introspection | None:
+    """Describe ``token`` to ``caller`` in one statement, or None when it must be reported inactive.
+
+    Raises:
+        StaleClient: the caller's cached authentication no longer holds; nothing was written.
+    """
+    kind = token_kind(token)
+    if kind is None:  # never looked up; the caller's snapshot is still checked
+        if not await runtime.hot.fetchval(_STILL_VALID, caller.id, caller.updated_at, caller.secret_id):
+            raise StaleClient
+        return None
+    digest = tokens.digest(runtime.ring.hash_key, token)
+    if runtime.read is not None:
+        answer = await _from_replica(runtime, runtime.read, kind, digest, caller)
+        if answer is not None:
+            return answer
+    row = await runtime.hot.fetchrow(
+        _DESCRIBE[kind],
+        digest,
+        caller.id,
+        caller.updated_at,
+        caller.secret_id,
+        request_id,
+        caller.client_id,
+        _AUDIT_DETAIL[kind],
+    )
+    if row is None or not row["authorized"]:
+        raise StaleClient
+    if row["grant_id"] is None or not row["visible"]:
+        return None
+    return _answer(runtime, kind, row)
+
+
+async def _from_replica(
+    runtime: Runtime, replica: HotPool, kind: str, digest: bytes, caller: AuthenticatedClient
+) -> Introspection | None:
+    """The replica's answer when it can give it alone (the owner, a live token), else None: ask the primary."""
+    if not replica.available:
+        metrics.INTROSPECTION_READS.inc("primary")
+        return None
+    try:
+        seen = await replica.fetchrow(_DESCRIBE_READ[kind], digest, caller.id, caller.updated_at, caller.secret_id)
+    except Exception as exc:  # noqa: BLE001 - the replica is optional: the primary answers while it is away
+        replica.suspend(exc)
+        metrics.INTROSPECTION_READS.inc("primary")
+        return None
+    answer = None
+    if seen is not None and seen["authorized"] and seen["grant_id"] is not None and seen["tenant_id"] == caller.id:
+        answer = _answer(runtime, kind, seen)
+    metrics.INTROSPECTION_READS.inc("primary" if answer is None else "replica")
+    return answer
+
+
+def _answer(runtime: Runtime, kind: str, row: Any) -> Introspection | None:  # noqa: ANN401 - an asyncpg Record
+    """The description of a visible token's row, or None when it is not live."""
+    now = datetime.now(UTC)
+    live = (
+        row["grant_revoked_at"] is None
+        and not row["ancestor_revoked"]
+        and row["token_revoked_at"] is None
+        and row["rotated_at"] is None
+        and row["expires_at"] > now
+    )
+    if not live:
+        return None
+    client_id: str = row["holder_client_id"] or row["requester_client_id"]
+    user_id: str | None = row["user_id"]
+    token_scopes = row["token_scopes"] if kind == "access" else row["grant_scopes"]
+    return Introspection(
+        scope=" ".join(token_scopes),
+        client_id=client_id,
+        sub=user_id or client_id,
+        aud=row["audience"],
+        iss=runtime.settings.issuer,
+        exp=int(row["expires_at"].timestamp()),
+        iat=int(row["issued_at"].timestamp()),
+        token_type="Bearer" if kind == "access" else "refresh_token",
+        user_id=user_id,
+    )
 
 
 async def lookup(
     runtime: Runtime, caller: AuthenticatedClient, kind: str, token: str, request_id: str
 ) -> asyncpg.Record:
-    """The describe-and-audit statement's row for a token of ``kind`` (``grant_id`` is None when unknown).
+    """The primary's describe-and-audit row for a token of ``kind`` (``grant_id`` is None when unknown).
+
+    For gateway mode (:mod:`broker.gateway.access`), which judges a token locally before it asks the
+    upstream: the same one statement as :func:`introspect`, audit included.
 
     Raises:
         StaleClient: the caller's cached authentication no longer holds; nothing was written.
@@ -158,36 +260,4 @@ def is_live(row: asyncpg.Record) -> bool:
         and row["token_revoked_at"] is None
         and row["rotated_at"] is None
         and row["expires_at"] > datetime.now(UTC)
-    )
-
-
-async def introspect(
-    runtime: Runtime, caller: AuthenticatedClient, token: str, request_id: str
-) -> Introspection | None:
-    """Describe ``token`` to ``caller`` in one statement, or None when it must be reported inactive.
-
-    Raises:
-        StaleClient: the caller's cached authentication no longer holds; nothing was written.
-    """
-    kind = token_kind(token)
-    if kind is None:  # never looked up; the caller's snapshot is still checked
-        if not await runtime.hot.fetchval(_STILL_VALID, caller.id, caller.updated_at, caller.secret_id):
-            raise StaleClient
-        return None
-    row = await lookup(runtime, caller, kind, token, request_id)
-    if row["grant_id"] is None or not row["visible"] or not is_live(row):
-        return None
-    client_id: str = row["holder_client_id"] or row["requester_client_id"]
-    user_id: str | None = row["user_id"]
-    token_scopes = row["token_scopes"] if kind == "access" else row["grant_scopes"]
-    return Introspection(
-        scope=" ".join(token_scopes),
-        client_id=client_id,
-        sub=user_id or client_id,
-        aud=row["audience"],
-        iss=runtime.settings.issuer,
-        exp=int(row["expires_at"].timestamp()),
-        iat=int(row["issued_at"].timestamp()),
-        token_type="Bearer" if kind == "access" else "refresh_token",
-        user_id=user_id,
     )

@@ -7,18 +7,21 @@ has to race against a child being created concurrently.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import exists, func, insert, literal, select, update
+from sqlalchemy import Uuid, bindparam, exists, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.orm import aliased
 
 from broker.db.models import AccessToken, Grant, GrantParty, RefreshToken, Tenant, UpstreamGrant, User
+from broker.observability import metrics
 
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Sequence
     from datetime import datetime
 
+    from sqlalchemy import Table
     from sqlalchemy.engine import Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,7 +41,7 @@ def _gateway() -> Any:  # noqa: ANN401 - a SQL expression
     return exists().where(UpstreamGrant.id == Grant.id).label("gateway")
 
 
-def _is_party(caller_id: uuid.UUID) -> Any:  # noqa: ANN401 - a SQL expression
+def _is_party(caller_id: Any) -> Any:  # noqa: ANN401 - a bound tenant id in, a SQL expression out
     return (
         exists()
         .where(
@@ -139,13 +142,24 @@ async def revoke_subtree(session: AsyncSession, grant_id: uuid.UUID, reason: str
     Descendants are found through the GIN-indexed ``path`` array. A descendant created concurrently
     and missed by this statement is still dead, because liveness checks every ancestor.
     """
-    result = await session.execute(
-        update(Grant)
-        .where((Grant.id == grant_id) | Grant.path.contains([grant_id]), Grant.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
-        .returning(Grant.id)
+    result = await session.execute(_REVOKE_SUBTREE, {"grant_id": grant_id, "reason": reason, "now": now})
+    revoked = list(result.scalars())
+    metrics.REVOCATIONS.inc(reason)
+    metrics.CASCADE_SIZE.observe(len(revoked), reason)
+    return revoked
+
+
+_GRANTS = cast("Table", Grant.__table__)
+_REVOKE_SUBTREE = (
+    update(_GRANTS)
+    .where(
+        (_GRANTS.c.id == bindparam("grant_id", type_=Uuid()))
+        | _GRANTS.c.path.contains(array([bindparam("grant_id", type_=Uuid())])),
+        _GRANTS.c.revoked_at.is_(None),
     )
-    return list(result.scalars())
+    .values(revoked_at=bindparam("now"), revoked_reason=bindparam("reason"))
+    .returning(_GRANTS.c.id)
+)
 
 
 async def party_grants(session: AsyncSession, shared_grant_id: uuid.UUID, tenant_id: uuid.UUID) -> list[uuid.UUID]:
@@ -177,19 +191,21 @@ async def revoke_access(session: AsyncSession, digest: bytes, now: datetime) -> 
     await session.execute(
         update(AccessToken).where(AccessToken.digest == digest, AccessToken.revoked_at.is_(None)).values(revoked_at=now)
     )
+    metrics.REVOCATIONS.inc("access_token.revoked")
 
 
 _requester = aliased(Tenant, name="requester")
 _holder = aliased(Tenant, name="holder")
 
 
-def _describe(token_table: Any, token_columns: Sequence[Any], caller_id: uuid.UUID) -> Any:  # noqa: ANN401
+def _describe(token_table: Any, token_columns: Sequence[Any]) -> Any:  # noqa: ANN401
+    """The describe statement of one token table, built once: ``digest`` and ``caller_id`` are bound."""
     return (
         select(
             *token_columns,
             Grant,
             _ancestor_revoked(),
-            _is_party(caller_id),
+            _is_party(bindparam("caller_id", type_=Uuid())),
             _requester.client_id.label("requester_client_id"),
             _holder.client_id.label("holder_client_id"),
             User.user_id.label("user_id"),
@@ -199,28 +215,35 @@ def _describe(token_table: Any, token_columns: Sequence[Any], caller_id: uuid.UU
         .join(_requester, _requester.id == Grant.requester_tenant_id)
         .outerjoin(_holder, _holder.id == Grant.holder_tenant_id)
         .outerjoin(User, User.id == Grant.user_pk)
+        .where(token_table.digest == bindparam("digest"))
     )
 
 
-async def describe_access(session: AsyncSession, digest: bytes, caller_id: uuid.UUID) -> Row[Any] | None:
-    """An access token with everything introspection needs, in one query."""
-    columns = [
+_DESCRIBE_ACCESS = _describe(
+    AccessToken,
+    [
         AccessToken.expires_at,
         AccessToken.revoked_at.label("token_revoked_at"),
         AccessToken.scopes.label("token_scopes"),
         AccessToken.created_at.label("issued_at"),
-    ]
-    query = _describe(AccessToken, columns, caller_id).where(AccessToken.digest == digest)
-    return (await session.execute(query)).one_or_none()
-
-
-async def describe_refresh(session: AsyncSession, digest: bytes, caller_id: uuid.UUID) -> Row[Any] | None:
-    """A refresh token with everything introspection needs, in one query."""
-    columns = [
+    ],
+)
+_DESCRIBE_REFRESH = _describe(
+    RefreshToken,
+    [
         RefreshToken.expires_at,
         RefreshToken.revoked_at.label("token_revoked_at"),
         RefreshToken.rotated_at,
         RefreshToken.created_at.label("issued_at"),
-    ]
-    query = _describe(RefreshToken, columns, caller_id).where(RefreshToken.digest == digest)
-    return (await session.execute(query)).one_or_none()
+    ],
+)
+
+
+async def describe_access(session: AsyncSession, digest: bytes, caller_id: uuid.UUID) -> Row[Any] | None:
+    """An access token with everything introspection needs, in one query."""
+    return (await session.execute(_DESCRIBE_ACCESS, {"digest": digest, "caller_id": caller_id})).one_or_none()
+
+
+async def describe_refresh(session: AsyncSession, digest: bytes, caller_id: uuid.UUID) -> Row[Any] | None:
+    """A refresh token with everything introspection needs, in one query."""
+    return (await session.execute(_DESCRIBE_REFRESH, {"digest": digest, "caller_id": caller_id})).one_or_none()

@@ -22,6 +22,7 @@ from broker.oauth.flows.base import IssuedTokens
 from broker.oauth.flows.token_exchange import SUBJECT_TOKEN_TYPES
 from broker.oauth.introspection import Introspection
 from broker.oauth.schemas import IntrospectionResponse, RevokeResponse, ServerMetadata, TokenResponse
+from broker.observability import metrics
 from broker.tenants.clients import AuthenticatedClient, StaleClient
 
 AUTH_METHODS = ["client_secret_post", "client_secret_basic", "plaid_headers"]
@@ -42,6 +43,7 @@ async def token(request: Request[Any, Any, Any]) -> Response[TokenResponse]:
             return await client_credentials.issue(runtime, client, params, request_id)
 
         issued = await as_client(request, runtime, params, issue)
+        metrics.TOKENS_ISSUED.inc(client_credentials.GRANT_TYPE)
     else:
         client = await authenticate_client(request, runtime, params)
         if client.upstream is not None:
@@ -49,6 +51,7 @@ async def token(request: Request[Any, Any, Any]) -> Response[TokenResponse]:
             issued = await gateway_tokens.issue_token(runtime, client, upstream, params, request_id)
         else:
             issued = await service.issue_token(runtime, client, params, request_id)
+        service.count_issued(params)
     body = TokenResponse(
         access_token=issued.access_token,
         refresh_token=issued.refresh_token,

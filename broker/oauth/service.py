@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 from broker import errors
 from broker.oauth.flows import client_credentials, rotation
-from broker.oauth.flows.base import DeferredFailure, Flow, IssuedTokens, TokenRequest
+from broker.oauth.flows.base import TOKEN_EXCHANGE, DeferredFailure, Flow, IssuedTokens, TokenRequest
 from broker.oauth.flows.refresh_token import RefreshTokenFlow
-from broker.oauth.flows.token_exchange import TokenExchangeFlow
+from broker.oauth.flows.token_exchange import SUBJECT_TOKEN_TYPES, TokenExchangeFlow
+from broker.observability import metrics
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -24,6 +25,18 @@ if TYPE_CHECKING:
 FLOWS: Mapping[str, Flow] = {f.grant_type: f for f in (RefreshTokenFlow(), TokenExchangeFlow())}
 """The flows that run in an ORM session; ``client_credentials`` runs as one statement (its module)."""
 GRANT_TYPES = (client_credentials.GRANT_TYPE, *FLOWS)
+
+
+def count_issued(params: dict[str, list[str]]) -> None:
+    """Count a successful ``issue_token`` in the metrics: by grant type, and exchanges by subject type."""
+    grant_type = params["grant_type"][0]
+    if grant_type == TOKEN_EXCHANGE:
+        metrics.TOKENS_ISSUED.inc("token_exchange")
+        subject = params.get("subject_token_type")
+        kind = SUBJECT_TOKEN_TYPES.get(subject[0]) if subject else None
+        metrics.EXCHANGES.inc(kind.removeprefix("urn:plaid:params:") if kind else "other")
+    else:
+        metrics.TOKENS_ISSUED.inc(grant_type if grant_type in FLOWS else "other")
 
 
 def is_client_credentials(params: dict[str, list[str]]) -> bool:

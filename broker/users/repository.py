@@ -12,6 +12,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from broker.db.models import Grant, User
+from broker.observability import metrics
 
 if TYPE_CHECKING:
     import uuid
@@ -122,4 +123,7 @@ async def revoke_user_grants(session: AsyncSession, tenant_id: uuid.UUID, user_p
         .values(revoked_at=func.now(), revoked_reason=USER_REMOVED)
         .returning(Grant.id)
     )
-    return list(result.scalars())
+    revoked = list(result.scalars())
+    metrics.REVOCATIONS.inc(USER_REMOVED)
+    metrics.CASCADE_SIZE.observe(len(revoked), USER_REMOVED)
+    return revoked

@@ -38,6 +38,7 @@ import structlog
 from broker import __version__
 from broker.crypto import envelope
 from broker.keys import sealing
+from broker.observability import metrics
 from broker.webhooks import outbox, repository, safety, signing
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ PRUNE_EVERY_SECONDS = 600.0
 PRUNE_BATCH = 1000
 USER_AGENT = f"broker-webhooks/{__version__}"
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
+_OUTCOMES = {"pending": "retry", "dead": "dead", "delivered": "delivered"}
 
 
 @dataclass(frozen=True)
@@ -377,6 +379,7 @@ class DeliveryWorker:
             self._finished = batch + self._finished
             return
         for job, outcome, recorded in batch:
+            metrics.WEBHOOK_DELIVERIES.inc("delivered" if outcome.succeeded else _OUTCOMES[recorded.status])
             if outcome.succeeded:
                 self.delivered += 1
                 continue

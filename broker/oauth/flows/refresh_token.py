@@ -39,6 +39,7 @@ from broker.oauth.flows.base import (
     open_retry_pair,
     seal_retry_pair,
 )
+from broker.observability import metrics
 from broker.webhooks import outbox
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class RefreshTokenFlow(Flow):
                     return await open_retry_pair(
                         session, runtime.ring, token.id, grant.tenant_id, sealed, now=request.now
                     )
+        metrics.REPLAYS.inc()
         revoked = await repository.revoke_subtree(session, grant.id, "refresh_token.replayed", request.now)
         await audit.record(
             session,
