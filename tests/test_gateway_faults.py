@@ -100,10 +100,15 @@ async def test_upstream_failures_become_502_or_503_with_retry_after_and_issuance
         assert described.status_code == 200, described.text
         assert described.json()["active"] is True
         assert proxy.count("/oauth/introspect") == before + 2
+    exposition = (await fast_gateway.get("/metrics")).text
+    assert 'broker_upstream_requests_total{route="/oauth/token",outcome="failed"}' in exposition
+    assert 'broker_upstream_requests_total{route="/oauth/token",outcome="circuit_open"}' in exposition
     captured = capfd.readouterr()
     for secret in (world.lender.upstream.secret, world.partner_a.upstream.secret):
         assert secret not in captured.out
         assert secret not in captured.err
+        assert secret not in exposition
+        assert world.lender.upstream.client_id not in exposition
 
 
 async def test_revocation_and_user_removal_during_an_outage_complete_upstream_after_recovery(

@@ -33,6 +33,7 @@ from broker.crypto import envelope
 from broker.crypto.envelope import EnvelopeError
 from broker.gateway import repository, upstreams
 from broker.keys import sealing
+from broker.observability import metrics
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -178,6 +179,7 @@ async def _finish(
 ) -> None:
     now = datetime.now(UTC)
     if reply is not None and definitive(reply):
+        metrics.UPSTREAM_CALLS.inc(row.operation, "completed")
         await repository.finish_call(
             session, row.id, completed_at=now, next_attempt_at=None, status=reply.status, error=None
         )
@@ -192,6 +194,7 @@ async def _finish(
         )
         return
     status = reply.status if reply is not None else None
+    metrics.UPSTREAM_CALLS.inc(row.operation, "retry")
     delay = backoff(runtime, row.attempts)
     log.info(
         "upstream call will be retried", operation=row.operation, attempts=row.attempts, status=status, error=error

@@ -29,6 +29,7 @@ import httpx
 import structlog
 
 from broker import errors
+from broker.observability import metrics
 
 if TYPE_CHECKING:
     from broker.settings import Settings
@@ -227,7 +228,12 @@ class UpstreamClient:
         attempt = 0
         while True:
             attempt += 1
-            self.breaker.before(key)
+            try:
+                self.breaker.before(key)
+            except errors.UpstreamError:
+                metrics.UPSTREAM_REQUESTS.inc(path, "circuit_open")
+                raise
+            started = time.perf_counter()
             try:
                 reply = await self._once(upstream, path, body)
             except httpx.ConnectError as exc:  # never sent: retrying is always safe
@@ -248,8 +254,10 @@ class UpstreamClient:
                 )
                 retry = False
             else:
+                metrics.UPSTREAM_DURATION.observe(time.perf_counter() - started, path)
                 if reply.status < 500:  # noqa: PLR2004
                     self.breaker.success(key)
+                    metrics.UPSTREAM_REQUESTS.inc(path, "ok" if reply.ok else "refused")
                     return reply
                 failure = errors.UpstreamError(
                     "the upstream failed, retry later",
@@ -259,6 +267,7 @@ class UpstreamClient:
                 )
                 retry = attempt < attempts
             self.breaker.failure(key)
+            metrics.UPSTREAM_REQUESTS.inc(path, "unavailable" if failure.http_status == 503 else "failed")  # noqa: PLR2004
             if not retry:
                 raise failure
             await asyncio.sleep(RETRY_DELAYS[min(attempt - 1, len(RETRY_DELAYS) - 1)])
