@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-scale lint typecheck check clean install bench bench-growth fuzz chaos
+.PHONY: run test test-scale lint typecheck check clean install bench bench-growth bench-gateway fuzz chaos
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "broker needs Python 3.11 or newer")'
@@ -50,6 +50,11 @@ bench: $(STAMP)
 bench-growth: $(STAMP)
 	bench/install-tools.sh
 	$(PY) -m bench.run --growth $(BENCH_ARGS)
+
+# Gateway mode (docs/gateway.md): latency added by the gateway versus calling its upstream directly.
+bench-gateway: $(STAMP)
+	bench/install-tools.sh
+	$(PY) -m bench.gateway $(BENCH_ARGS)
 
 # Long reliability runs (docs/security.md): schemathesis with 1 000 examples per operation, and the
 # fault tests at full length (5 s database outage, 5 SIGKILL rounds, replicas). Figures are printed.

@@ -22,6 +22,8 @@ from broker.audit import routes as audit_routes
 from broker.context import Runtime
 from broker.crypto.keyring import KeyRing
 from broker.db.engine import create_engine, create_sessionmaker
+from broker.gateway import calls as upstream_calls
+from broker.gateway import routes as gateway_routes
 from broker.grants import routes as grants_routes
 from broker.http import errors as http_errors
 from broker.http import health, openapi, ratelimit
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 metrics.flushing(),
                 webhook_delivery.running(runtime),
                 audit_chain.sealing(runtime),
+                upstream_calls.running(runtime),
             ):
                 yield
         finally:
@@ -132,6 +135,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             oauth_routes.metadata,
             users_routes.router,
             tenants_routes.router,
+            gateway_routes.router,
             audiences_routes.router,
             admin_keys_routes.router,
             webhooks_routes.router,

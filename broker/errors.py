@@ -80,6 +80,36 @@ class UnsupportedTokenType(OAuthError):
     error = "unsupported_token_type"
 
 
+# --- Gateway mode: what an upstream answered (broker.gateway) -------------------------------------
+
+
+class UpstreamError(BrokerError):
+    """A failure at a tenant's upstream, relayed to the caller.
+
+    With ``body`` (the upstream answered a 4xx with an OAuth or Plaid error object), the caller gets
+    that status and body with broker's own ``request_id``. Without it, the upstream failed (5xx, a
+    malformed answer: 502) or could not be reached in time (timeout, refused, circuit open: 503), and
+    the caller gets a generic error with ``Retry-After``.
+    """
+
+    status = 502
+
+    def __init__(
+        self,
+        description: str = "",
+        *,
+        status: int | None = None,
+        body: dict[str, object] | None = None,
+        retry_after: int | None = None,
+        upstream_request_id: str | None = None,
+        debug: str = "",
+    ) -> None:
+        super().__init__(description, debug=debug, status=status)
+        self.body = body
+        self.retry_after = retry_after
+        self.upstream_request_id = upstream_request_id
+
+
 # --- Plaid general errors ----------------------------------------------------------------------------
 
 

@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     webhook_allow_private: bool | None = None
     webhook_allow_http: bool | None = None
 
+    # Gateway mode (broker.gateway): calls to a tenant's upstream, its circuit breaker, and the worker
+    # that retries upstream revocations and user removals until the upstream confirms them.
+    upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    upstream_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    upstream_retries: int = Field(default=2, ge=0, le=10)
+    upstream_max_connections: int = Field(default=100, ge=1, le=10_000)
+    upstream_breaker_failures: int = Field(default=5, ge=1, le=1000)
+    upstream_breaker_open_seconds: float = Field(default=10.0, gt=0, le=3600)
+    upstream_worker: bool = True
+    upstream_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    upstream_backoff_base_seconds: float = Field(default=2.0, gt=0, le=86_400)
+    upstream_backoff_max_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    upstream_allow_http: bool | None = None
+
     # Failed client and admin authentication (broker.http.ratelimit): sliding-window limits, shared
     # across replicas through Redis when BROKER_REDIS_URL is set, else kept per process.
     redis_url: str | None = None
@@ -149,6 +163,11 @@ class Settings(BaseSettings):
     def webhooks_may_use_http(self) -> bool:
         """Whether webhook URLs may be plain ``http://`` (not in production, unless allowed)."""
         return self.webhook_allow_http if self.webhook_allow_http is not None else self.env != "production"
+
+    @property
+    def upstreams_may_use_http(self) -> bool:
+        """Whether an upstream base URL may be plain ``http://`` (not in production, unless allowed)."""
+        return self.upstream_allow_http if self.upstream_allow_http is not None else self.env != "production"
 
     @property
     def allowed_resources(self) -> frozenset[str]:

@@ -65,6 +65,8 @@ def pytest_configure(config: pytest.Config) -> None:
         BROKER_LOG_JSON="true",
         # Tests drive webhook delivery themselves (tests/webhook_helpers.py); servers opt in with serve(env).
         BROKER_WEBHOOK_WORKER="false",
+        # Likewise the gateway's upstream call worker (tests/test_gateway_outage.py drives it).
+        BROKER_UPSTREAM_WORKER="false",
         # Small pools: the suite runs many apps and servers at once against one PostgreSQL, whose
         # max_connections (100 by default) every pool of every worker shares.
         BROKER_DB_POOL_SIZE="4",

@@ -43,6 +43,9 @@ async def test_key_status_over_the_admin_api(client, make_tenant, headers, runti
         "users.identity_enc",
         "webhook_endpoints.secrets",
         "webhook_deliveries.token_enc",
+        "tenant_upstreams.secret_enc",
+        "upstream_grants.token_enc",
+        "upstream_calls.payload_enc",
     }
     assert body["columns"]["refresh_tokens.token_enc"]["via_data_keys"]["test-2"] >= 1
     assert body["rows_by_key"]["test-2"] >= 1

@@ -41,6 +41,9 @@ EXPECTED_TABLES = {
     "webhook_endpoints",
     "webhook_deliveries",
     "webhook_attempts",
+    "tenant_upstreams",
+    "upstream_grants",
+    "upstream_calls",
 }
 
 

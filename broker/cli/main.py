@@ -14,6 +14,7 @@ from broker.cli import audit as audit_cli
 from broker.cli import bootstrap
 from broker.cli import check as check_cli
 from broker.cli import demo as demo_world
+from broker.cli import gateway as gateway_cli
 from broker.cli import keys as keys_cli
 from broker.cli import secrets as secrets_cli
 from broker.db import migrate as migrations
@@ -238,6 +239,9 @@ admin.add_command(secrets_cli.revoke_key)
 tenants_group.add_command(secrets_cli.rotate_secret)
 tenants_group.add_command(secrets_cli.list_secrets)
 tenants_group.add_command(secrets_cli.revoke_secret)
+tenants_group.add_command(gateway_cli.set_upstream)
+tenants_group.add_command(gateway_cli.show_upstream)
+tenants_group.add_command(gateway_cli.remove_upstream)
 
 
 def main() -> None:

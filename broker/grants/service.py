@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from broker import errors
 from broker.audit import service as audit
+from broker.gateway import held
 from broker.grants import repository
 from broker.oauth import repository as oauth_repository
 from broker.webhooks import outbox
@@ -221,6 +222,14 @@ async def revoke_grant(
             detail=_summary(revoked) | {"reason": "admin.revoked"},
         )
         await outbox.grants_revoked(session, ring, revoked, reason="admin.revoked", grant_id=grant.id)
+        # Gateway grants: revoke upstream too, as the client that holds it there (the outbox retries).
+        await held.queue_revocation(
+            session,
+            ring,
+            grant.id,
+            as_tenant=grant.holder_tenant_id or grant.requester_tenant_id,
+            request_id=request_id,
+        )
     return revoked
 
 
@@ -265,6 +274,8 @@ async def remove_party(
         notify=(grant.tenant_id, grant.requester_tenant_id),
     )
     await outbox.grants_revoked(session, ring, revoked, reason="party.removed", grant_id=grant.id)
+    # Gateway grants: the party withdraws its share upstream too (its credentials, the shared token).
+    await held.queue_revocation(session, ring, grant.id, as_tenant=tenant.id, request_id=request_id)
     return revoked
 
 

@@ -133,6 +133,44 @@ def admin_body(err: errors.BrokerError, request_id: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": err.description or code.replace("_", " ")}, "request_id": request_id}
 
 
+_UPSTREAM_OAUTH_FIELDS = ("error", "error_description", "error_uri")
+_UPSTREAM_PLAID_FIELDS = (
+    "error_type",
+    "error_code",
+    "error_code_reason",
+    "error_message",
+    "display_message",
+    "causes",
+    "status",
+    "documentation_url",
+    "suggested_action",
+)
+
+
+def _masked(value: Any) -> Any:  # noqa: ANN401
+    return TOKEN_PATTERN.sub(lambda m: m.group(1) + REDACTED, value) if isinstance(value, str) else value
+
+
+def upstream_body(err: errors.UpstreamError, family: str, request_id: str) -> dict[str, Any]:
+    """The body of a relayed upstream answer: its error fields (an allow-list, tokens masked), our request id.
+
+    Without an upstream body (5xx, malformed, unreachable) the family's generic unavailable error.
+    """
+    if err.body is not None:
+        fields = _UPSTREAM_OAUTH_FIELDS if family != "plaid" else _UPSTREAM_PLAID_FIELDS
+        body = {name: _masked(err.body[name]) for name in fields if name in err.body}
+        if family == "plaid":
+            body.setdefault("display_message", None)
+        body["request_id"] = request_id
+        return body
+    if family == "plaid":
+        body = plaid_body(errors.InvalidBody(err.description), request_id)
+        body.update(error_type="API_ERROR", error_code="INTERNAL_SERVER_ERROR")
+        return body
+    code = "temporarily_unavailable" if err.http_status == 503 else "server_error"  # noqa: PLR2004
+    return {"error": code, "error_description": err.description, "request_id": request_id}
+
+
 def render(request: Request[Any, Any, Any], err: errors.BrokerError) -> Response[Any]:
     """Render a broker error in the family of the request's path; token-shaped text is masked."""
     err.description = TOKEN_PATTERN.sub(lambda m: m.group(1) + REDACTED, err.description)
@@ -140,6 +178,14 @@ def render(request: Request[Any, Any, Any], err: errors.BrokerError) -> Response
     family = _family(request.url.path)
     status = err.http_status
     headers: dict[str, str] = {"X-Request-Id": request_id}
+    if isinstance(err, errors.UpstreamError):
+        if family != "plaid" or err.body is None:
+            headers.update(NO_STORE)
+        if err.retry_after is not None:
+            headers["Retry-After"] = str(err.retry_after)
+        log.info("upstream error relayed", status=status, debug=err.debug)
+        body = upstream_body(err, family, request_id)
+        return Response(content=body, status_code=status, headers=headers, media_type=MediaType.JSON)
     if family == "oauth":
         body = oauth_body(err, request_id)
         headers.update(NO_STORE)

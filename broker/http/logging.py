@@ -88,6 +88,8 @@ def configure(settings: Settings) -> None:
     )
     # Readiness checks read the migration state on every probe; alembic would log each one at INFO.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: on the gateway's hot path that is a line (and its cost) per call.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def new_request_id() -> str:

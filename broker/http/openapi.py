@@ -170,6 +170,7 @@ _ADMIN_BODIES: dict[tuple[str, str], tuple[str, bool]] = {
         True,
     ),
     ("post", f"{_ADMIN}/webhook-deliveries/redeliver-dead"): ("broker.webhooks.schemas:RedeliverDead", True),
+    ("put", f"{_ADMIN}/tenants/{{client_id}}/upstream"): ("broker.gateway.schemas:UpstreamSet", False),
 }
 _LIMIT = {"name": "limit", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}
 _AFTER = {"name": "after", "schema": {"type": "string"}}

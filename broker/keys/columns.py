@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.db.models.token import V1_ROWS as REFRESH_V1_ROWS
+from broker.db.models.upstream import UPSTREAM_CALLS_V1_ROWS, UPSTREAM_GRANTS_V1_ROWS, UPSTREAMS_V1_ROWS
 from broker.db.models.user import V1_ROWS as USERS_V1_ROWS
 
 
@@ -46,4 +47,8 @@ TENANT_DATA: tuple[SealedTable, ...] = (
         (SealedColumn("user_token_enc", "user_token"), SealedColumn("identity_enc", "identity")),
         USERS_V1_ROWS,
     ),
+    # Gateway mode (broker.gateway): upstream credentials, held upstream refresh tokens, retried calls.
+    SealedTable("tenant_upstreams", (SealedColumn("secret_enc", "secret"),), UPSTREAMS_V1_ROWS),
+    SealedTable("upstream_grants", (SealedColumn("token_enc", "token"),), UPSTREAM_GRANTS_V1_ROWS),
+    SealedTable("upstream_calls", (SealedColumn("payload_enc", "payload"),), UPSTREAM_CALLS_V1_ROWS),
 )

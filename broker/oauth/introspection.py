@@ -34,6 +34,7 @@ from broker.observability import metrics
 from broker.tenants.clients import STILL_VALID, StaleClient
 
 if TYPE_CHECKING:
+    import asyncpg
     from sqlalchemy.engine import Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -222,4 +223,41 @@ def _answer(runtime: Runtime, kind: str, row: Any) -> Introspection | None:  # n
         iat=int(row["issued_at"].timestamp()),
         token_type="Bearer" if kind == "access" else "refresh_token",
         user_id=user_id,
+    )
+
+
+async def lookup(
+    runtime: Runtime, caller: AuthenticatedClient, kind: str, token: str, request_id: str
+) -> asyncpg.Record:
+    """The primary's describe-and-audit row for a token of ``kind`` (``grant_id`` is None when unknown).
+
+    For gateway mode (:mod:`broker.gateway.access`), which judges a token locally before it asks the
+    upstream: the same one statement as :func:`introspect`, audit included.
+
+    Raises:
+        StaleClient: the caller's cached authentication no longer holds; nothing was written.
+    """
+    row = await runtime.hot.fetchrow(
+        _DESCRIBE[kind],
+        tokens.digest(runtime.ring.hash_key, token),
+        caller.id,
+        caller.updated_at,
+        caller.secret_id,
+        request_id,
+        caller.client_id,
+        _AUDIT_DETAIL[kind],
+    )
+    if row is None or not row["authorized"]:
+        raise StaleClient
+    return row
+
+
+def is_live(row: asyncpg.Record) -> bool:
+    """Whether a :func:`lookup` row is an unrevoked, unrotated, unexpired token of a live grant."""
+    return (
+        row["grant_revoked_at"] is None
+        and not row["ancestor_revoked"]
+        and row["token_revoked_at"] is None
+        and row["rotated_at"] is None
+        and row["expires_at"] > datetime.now(UTC)
     )

@@ -13,7 +13,7 @@ from sqlalchemy import Uuid, bindparam, exists, func, insert, literal, select, u
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.orm import aliased
 
-from broker.db.models import AccessToken, Grant, GrantParty, RefreshToken, Tenant, User
+from broker.db.models import AccessToken, Grant, GrantParty, RefreshToken, Tenant, UpstreamGrant, User
 from broker.observability import metrics
 
 if TYPE_CHECKING:
@@ -34,6 +34,11 @@ def _ancestor_revoked() -> Any:  # noqa: ANN401 - a SQL expression
         .where(_ancestor.id == func.any(Grant.path), _ancestor.revoked_at.is_not(None))
         .label("ancestor_revoked")
     )
+
+
+def _gateway() -> Any:  # noqa: ANN401 - a SQL expression
+    """Whether the grant was issued through a tenant's upstream (gateway mode): one primary-key probe."""
+    return exists().where(UpstreamGrant.id == Grant.id).label("gateway")
 
 
 def _is_party(caller_id: Any) -> Any:  # noqa: ANN401 - a bound tenant id in, a SQL expression out
@@ -82,7 +87,7 @@ async def refresh_for_update(session: AsyncSession, digest: bytes) -> Row[Any] |
     ``rotated_at`` set and answer from the retry pair.
     """
     result = await session.execute(
-        select(RefreshToken, Grant, _ancestor_revoked())
+        select(RefreshToken, Grant, _ancestor_revoked(), _gateway())
         .join(Grant, Grant.id == RefreshToken.grant_id)
         .where(RefreshToken.digest == digest)
         .with_for_update(of=RefreshToken)
@@ -93,7 +98,7 @@ async def refresh_for_update(session: AsyncSession, digest: bytes) -> Row[Any] |
 async def refresh_by_digest(session: AsyncSession, digest: bytes) -> Row[Any] | None:
     """The refresh token with ``digest`` and its grant, without locking."""
     result = await session.execute(
-        select(RefreshToken, Grant, _ancestor_revoked())
+        select(RefreshToken, Grant, _ancestor_revoked(), _gateway())
         .join(Grant, Grant.id == RefreshToken.grant_id)
         .where(RefreshToken.digest == digest)
     )

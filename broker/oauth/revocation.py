@@ -27,24 +27,41 @@ from broker.webhooks import outbox
 
 if TYPE_CHECKING:
     import uuid
+    from collections.abc import Awaitable, Callable
 
+    from sqlalchemy.engine import Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.context import Runtime
     from broker.tenants.clients import AuthenticatedClient
 
+    Applied = Callable[[AsyncSession, str, Row[Any]], Awaitable[None]]
+    """Called inside the revoking transaction once a revocation applied: (session, token kind, token row)."""
+
 AUDITED_IDS = 100
 
 
 async def revoke(
-    session: AsyncSession, runtime: Runtime, caller: AuthenticatedClient, token: str, request_id: str
-) -> None:
-    """Revoke ``token`` on behalf of ``caller`` (see the module invariants)."""
+    session: AsyncSession,
+    runtime: Runtime,
+    caller: AuthenticatedClient,
+    token: str,
+    request_id: str,
+    *,
+    on_applied: Applied | None = None,
+) -> str:
+    """Revoke ``token`` on behalf of ``caller`` (see the module invariants).
+
+    Returns:
+        ``unknown`` (no such token), ``refused`` (the caller may not touch it) or ``applied``.
+        ``on_applied`` runs in the same transaction in the last case (gateway mode queues the upstream
+        revocation there, so it commits with the local one).
+    """
     now = datetime.now(UTC)
     async with session.begin():
         found = await describe(session, runtime, caller, token)
         if found is None:
-            return
+            return "unknown"
         kind, row = found
         grant = row.Grant
         base = {
@@ -55,7 +72,9 @@ async def revoke(
         }
         if not visible_to(row, caller):
             await audit.record(session, action="token.revoke_refused", grant_id=grant.id, outcome="denied", **base)
-            return
+            return "refused"
+        if on_applied is not None:
+            await on_applied(session, kind, row)
         owner = caller.id in {grant.tenant_id, grant.requester_tenant_id}
         if grant.kind == "multi_party" and not owner:
             withdrawn = await repository.withdraw_party(session, grant.id, caller.id, now)
@@ -77,15 +96,16 @@ async def revoke(
                     notify=notify,
                 )
             await outbox.grants_revoked(session, runtime.ring, revoked, reason="party.withdrawn", grant_id=grant.id)
-            return
+            return "applied"
         if kind == "access":
             await repository.revoke_access(session, tokens.digest(runtime.ring.hash_key, token), now)
             await audit.record(session, action="token.revoked", grant_id=grant.id, detail={"token_kind": kind}, **base)
-            return
+            return "applied"
         revoked = await repository.revoke_subtree(session, grant.id, "token.revoked", now)
         detail = {"token_kind": kind, **_summary(revoked)}
         await audit.record(session, action="grant.revoked", grant_id=grant.id, detail=detail, **base)
         await outbox.grants_revoked(session, runtime.ring, revoked, reason="token.revoked", grant_id=grant.id)
+    return "applied"
 
 
 def _summary(revoked: list[uuid.UUID]) -> dict[str, Any]:

@@ -8,6 +8,10 @@ from litestar import MediaType, Request, Response, Router, get, post
 
 from broker import scopes
 from broker.context import Runtime
+from broker.gateway import access as gateway_access
+from broker.gateway import tokens as gateway_tokens
+from broker.gateway import upstreams
+from broker.gateway.client import Upstream
 from broker.http.auth import as_client, authenticate_client
 from broker.http.deps import RuntimeDep, SessionDep
 from broker.http.errors import NO_STORE, request_id_of
@@ -19,7 +23,7 @@ from broker.oauth.flows.token_exchange import SUBJECT_TOKEN_TYPES
 from broker.oauth.introspection import Introspection
 from broker.oauth.schemas import IntrospectionResponse, RevokeResponse, ServerMetadata, TokenResponse
 from broker.observability import metrics
-from broker.tenants.clients import AuthenticatedClient
+from broker.tenants.clients import AuthenticatedClient, StaleClient
 
 AUTH_METHODS = ["client_secret_post", "client_secret_basic", "plaid_headers"]
 
@@ -32,13 +36,21 @@ async def token(request: Request[Any, Any, Any]) -> Response[TokenResponse]:
     if service.is_client_credentials(params):
 
         async def issue(client: AuthenticatedClient) -> IssuedTokens:
+            if client.upstream is not None:  # gateway mode (broker.gateway); local tenants pay one comparison
+                return await gateway_tokens.issue_token(
+                    runtime, client, await _upstream(runtime, client), params, request_id
+                )
             return await client_credentials.issue(runtime, client, params, request_id)
 
         issued = await as_client(request, runtime, params, issue)
         metrics.TOKENS_ISSUED.inc(client_credentials.GRANT_TYPE)
     else:
         client = await authenticate_client(request, runtime, params)
-        issued = await service.issue_token(runtime, client, params, request_id)
+        if client.upstream is not None:
+            upstream = await upstreams.load(runtime, client)
+            issued = await gateway_tokens.issue_token(runtime, client, upstream, params, request_id)
+        else:
+            issued = await service.issue_token(runtime, client, params, request_id)
         service.count_issued(params)
     body = TokenResponse(
         access_token=issued.access_token,
@@ -58,10 +70,15 @@ async def introspect(request: Request[Any, Any, Any]) -> Response[IntrospectionR
     params = await oauth_params(request)
     request_id = request_id_of(request)
 
-    async def describe(client: AuthenticatedClient) -> Introspection | None:
+    async def describe(client: AuthenticatedClient) -> Introspection | dict[str, Any] | None:
+        if client.upstream is not None:  # the gateway re-checks a cached snapshot in its statement
+            upstream = await upstreams.load(runtime, client)
+            return await gateway_access.introspect(runtime, client, upstream, required(params, "token"), request_id)
         return await introspection.introspect(runtime, client, required(params, "token"), request_id)
 
     result = await as_client(request, runtime, params, describe)
+    if isinstance(result, dict):
+        return Response(IntrospectionResponse(active=True, request_id=request_id, **result), headers=NO_STORE)
     if result is None:
         return Response(IntrospectionResponse(active=False, request_id=request_id), headers=NO_STORE)
     body = IntrospectionResponse(
@@ -85,8 +102,22 @@ async def revoke(request: Request[Any, Any, Any], runtime: RuntimeDep, session: 
     params = await oauth_params(request)
     client = await authenticate_client(request, runtime, params)
     request_id = request_id_of(request)
-    await revocation.revoke(session, runtime, client, required(params, "token"), request_id)
+    if client.upstream is not None:
+        await gateway_access.revoke(runtime, client, required(params, "token"), request_id)
+    else:
+        await revocation.revoke(session, runtime, client, required(params, "token"), request_id)
     return Response(RevokeResponse(request_id=request_id), headers=NO_STORE)
+
+
+async def _upstream(runtime: Runtime, client: AuthenticatedClient) -> Upstream:
+    """A gateway tenant's upstream, for a client authenticated from the database during this request.
+
+    A cached snapshot is refused (``StaleClient``: ``as_client`` authenticates again from the database),
+    so an upstream refusal is never re-checked by calling the upstream a second time.
+    """
+    if client.from_cache:
+        raise StaleClient
+    return await upstreams.load(runtime, client)
 
 
 @get("/.well-known/oauth-authorization-server", sync_to_thread=False)

@@ -302,6 +302,23 @@ WEBHOOK_DELIVERIES = REGISTRY.counter(
     "Webhook delivery attempts recorded, by outcome (delivered, retry, dead).",
     ("outcome",),
 )
+UPSTREAM_REQUESTS = REGISTRY.counter(
+    "broker_upstream_requests_total",
+    "Gateway mode: requests to tenants' upstreams, by upstream route and outcome (ok, refused, failed,"
+    " unavailable, circuit_open). Never labelled by tenant, URL or credential.",
+    ("route", "outcome"),
+)
+UPSTREAM_DURATION = REGISTRY.histogram(
+    "broker_upstream_request_duration_seconds",
+    "Gateway mode: time of one upstream request (each attempt), by upstream route.",
+    ("route",),
+)
+UPSTREAM_CALLS = REGISTRY.counter(
+    "broker_upstream_calls_total",
+    "Gateway mode: attempts of queued upstream revocations and user removals, by operation and outcome"
+    " (completed, retry).",
+    ("kind", "outcome"),
+)
 INTROSPECTION_READS = REGISTRY.counter(
     "broker_introspection_reads_total",
     "Introspections with a read replica configured, by who answered (replica, or primary after a miss).",

@@ -43,9 +43,11 @@ _DUMMY_HASH = "hmac-sha256$" + "0" * 64
 
 _LOAD = """
 SELECT t.id, t.client_id, t.name, t.kind, t.status, t.allowed_scopes, t.default_scopes, t.access_token_ttl,
-       t.refresh_token_ttl, t.updated_at, s.id AS secret_id, s.secret_hash, s.expires_at, s.last_used_at
+       t.refresh_token_ttl, t.updated_at, s.id AS secret_id, s.secret_hash, s.expires_at, s.last_used_at,
+       u.mode AS upstream
 FROM tenants AS t
 JOIN client_secrets AS s ON s.tenant_id = t.id
+LEFT JOIN tenant_upstreams AS u ON u.tenant_id = t.id
 WHERE t.client_id = $1 AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > now())
 """
 
@@ -69,7 +71,10 @@ class AuthenticatedClient:
     """A tenant as it was when its client authenticated, and the secret it used.
 
     ``from_cache`` is True when the snapshot came from the cache rather than from the database during
-    this request (a refusal based on it is worth re-checking against a fresh read).
+    this request (a refusal based on it is worth re-checking against a fresh read). ``upstream`` is the
+    gateway mode (``held`` or ``transparent``) of a tenant with an upstream, else None (issuer mode):
+    routes dispatch on it with one comparison. Setting or removing an upstream bumps the tenant's
+    ``updated_at``, so a stale snapshot fails its :data:`STILL_VALID` check.
     """
 
     id: uuid.UUID
@@ -84,6 +89,7 @@ class AuthenticatedClient:
     updated_at: datetime
     secret_id: uuid.UUID
     from_cache: bool = False
+    upstream: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +216,7 @@ def _client_of(row: asyncpg.Record) -> AuthenticatedClient:
         updated_at=row["updated_at"],
         secret_id=row["secret_id"],
         from_cache=True,
+        upstream=row["upstream"],
     )
 
 

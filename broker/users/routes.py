@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from litestar import Request, Router, post
+from litestar import Request, Response, Router, post
 
+from broker.gateway import upstreams
+from broker.gateway import users as gateway_users
 from broker.http.auth import authenticate_client
 from broker.http.deps import RuntimeDep, SessionDep
 from broker.http.errors import request_id_of
 from broker.http.params import plaid_json
+from broker.tenants.clients import AuthenticatedClient
 from broker.users import schemas, service
+
+
+async def _gateway(
+    request: Request[Any, Any, Any], runtime: RuntimeDep, tenant: AuthenticatedClient, path: str, body: dict[str, Any]
+) -> Response[Any]:
+    """Forward a user request of a gateway tenant (broker.gateway.users) and relay the upstream's answer."""
+    upstream = await upstreams.load(runtime, tenant)
+    data = await gateway_users.forward(runtime, tenant, upstream, path, body, request_id=request_id_of(request))
+    return Response(content=data, status_code=200)
 
 
 @post("/user/create", status_code=200)
@@ -20,6 +32,8 @@ async def user_create(
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserCreateRequest)
     tenant = await authenticate_client(request, runtime, body)
+    if tenant.upstream is not None:
+        return cast("schemas.UserCreateResponse", await _gateway(request, runtime, tenant, "/user/create", body))
     request_id = request_id_of(request)
     created = await service.create_user(
         session,
@@ -42,6 +56,8 @@ async def user_get(
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserGetRequest)
     tenant = await authenticate_client(request, runtime, body)
+    if tenant.upstream is not None:
+        return cast("schemas.UserGetResponse", await _gateway(request, runtime, tenant, "/user/get", body))
     user = await service.get_user(
         session, runtime.ring, tenant_id=tenant.id, user_id=req.user_id, user_token=req.user_token
     )
@@ -63,6 +79,8 @@ async def user_update(
     body = await plaid_json(request)
     req = schemas.parse(body, schemas.UserUpdateRequest)
     tenant = await authenticate_client(request, runtime, body)
+    if tenant.upstream is not None:
+        return cast("schemas.UserUpdateResponse", await _gateway(request, runtime, tenant, "/user/update", body))
     request_id = request_id_of(request)
     await service.update_user(
         session,
@@ -86,6 +104,11 @@ async def user_remove(
     req = schemas.parse(body, schemas.UserRemoveRequest)
     tenant = await authenticate_client(request, runtime, body)
     request_id = request_id_of(request)
+    if tenant.upstream is not None:
+        upstream = await upstreams.load(runtime, tenant)
+        subject = gateway_users.subject_of(req.user_id, req.user_token)
+        await gateway_users.remove(runtime, tenant, upstream, subject, request_id)
+        return schemas.UserRemoveResponse(request_id=request_id)
     await service.remove_user(
         session,
         runtime.ring,

@@ -7,6 +7,7 @@ from broker.db.models.grant import Grant, GrantParty
 from broker.db.models.keys import TenantKey
 from broker.db.models.tenant import ClientSecret, Tenant
 from broker.db.models.token import AccessToken, RefreshToken
+from broker.db.models.upstream import TenantUpstream, UpstreamCall, UpstreamGrant
 from broker.db.models.user import User
 from broker.db.models.webhook import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -24,6 +25,9 @@ __all__ = [
     "RefreshToken",
     "Tenant",
     "TenantKey",
+    "TenantUpstream",
+    "UpstreamCall",
+    "UpstreamGrant",
     "User",
     "WebhookAttempt",
     "WebhookDelivery",

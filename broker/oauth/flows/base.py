@@ -169,9 +169,17 @@ async def mint_pair(
     refresh_ttl: int,
     now: datetime,
     parent_refresh_id: uuid.UUID | None = None,
+    access: str | None = None,
+    refresh: str | None = None,
 ) -> MintedPair:
-    """Store a new access token and refresh token for ``grant_id``."""
-    access, refresh = tokens.new_access_token(), tokens.new_refresh_token()
+    """Store a new access token and refresh token for ``grant_id``.
+
+    Both are minted here unless given: gateway mode (:mod:`broker.gateway`) stores the upstream's access
+    token, and in transparent mode its refresh token too, so local lookups, revocation and introspection
+    see them like broker's own.
+    """
+    access = access if access is not None else tokens.new_access_token()
+    refresh = refresh if refresh is not None else tokens.new_refresh_token()
     refresh_id = uuid.uuid4()
     access_expires_at = now + timedelta(seconds=access_ttl)
     aad = envelope.aad_for("refresh_tokens", "token", tenant_id, refresh_id)

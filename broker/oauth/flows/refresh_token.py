@@ -63,6 +63,8 @@ class RefreshTokenFlow(Flow):
             raise errors.InvalidGrant("invalid refresh token", debug="unknown refresh token")
         token, grant, ancestor_revoked = row.RefreshToken, row.Grant, bool(row.ancestor_revoked)
         client = request.client
+        if row.gateway:  # only the gateway (broker.gateway) may refresh what an upstream issued
+            raise errors.InvalidGrant("invalid refresh token", debug="a gateway grant presented to a local client")
 
         if grant.kind == "multi_party":
             return await self._fork(session, runtime, request, token, grant, ancestor_revoked=ancestor_revoked)

@@ -51,7 +51,8 @@ SELECT t.id, t.parent_id, t.rotated_at, t.revoked_at, t.expires_at,
        g.access_token_ttl, g.refresh_token_ttl, g.path, g.user_pk, g.audience, g.subject_token_type,
        EXISTS (SELECT 1 FROM grants AS a WHERE a.id = ANY (g.path) AND a.revoked_at IS NOT NULL) AS ancestor_revoked,
        EXISTS (SELECT 1 FROM grant_parties AS p
-               WHERE p.grant_id = g.id AND p.tenant_id = $2::uuid AND p.withdrawn_at IS NULL) AS caller_is_party
+               WHERE p.grant_id = g.id AND p.tenant_id = $2::uuid AND p.withdrawn_at IS NULL) AS caller_is_party,
+       EXISTS (SELECT 1 FROM upstream_grants AS u WHERE u.id = g.id) AS gateway
 FROM refresh_tokens AS t
 JOIN grants AS g ON g.id = t.grant_id
 WHERE t.digest = $1::bytea
@@ -134,6 +135,7 @@ async def try_rotate(
             or row["ancestor_revoked"]
             or row["revoked_at"] is not None
             or row["expires_at"] <= now
+            or row["gateway"]  # issued through an upstream: only broker.gateway may refresh it
         ):
             return None  # the full flow decides, under its own lock
         if row["kind"] == "multi_party":

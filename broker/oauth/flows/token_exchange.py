@@ -125,7 +125,7 @@ class TokenExchangeFlow(Flow):
         if row is None:
             raise errors.InvalidRequest("invalid subject_token", debug="unknown refresh token")
         token, subject_grant, ancestor_revoked = row.RefreshToken, row.Grant, bool(row.ancestor_revoked)
-        if subject_grant.holder_tenant_id != client.id:
+        if subject_grant.holder_tenant_id != client.id or row.gateway:
             raise errors.InvalidRequest("invalid subject_token", debug="subject token not held by the caller")
         if (
             not grant_is_live(subject_grant, ancestor_revoked)
