@@ -70,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # Small pools: the suite runs many apps and servers at once against one PostgreSQL, whose
         # max_connections (100 by default) every pool of every worker shares.
         BROKER_DB_POOL_SIZE="4",
-        BROKER_DB_MAX_OVERFLOW="6",
+        BROKER_DB_MAX_OVERFLOW="2",
     )
 
 
