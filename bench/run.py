@@ -539,7 +539,7 @@ def seed_history(bench: Bench, size: int) -> float:
 
 def growth_run(bench: Bench, sizes: tuple[int, ...]) -> dict[str, Any]:
     """Issuance and introspection, and their floors, at each seeded size; returns largest vs smallest."""
-    world, lender = bench.world, bench.world.lender
+    lender = bench.world.lender
     connections = max(bench.config.connections)
     for size in sizes:
         took = seed_history(bench, size)
