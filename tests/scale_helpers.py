@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -100,7 +101,12 @@ class PgBouncer:
         self.server_port = url.port or 5432
         self.pool_size = pool_size
         self.process: subprocess.Popen[bytes] | None = None
-        self.user = "postgres" if os.geteuid() == 0 else None  # PgBouncer refuses to run as root
+        self.user: str | None = None
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            # Behind a unix socket (the embedded server), only the socket directory's owner may connect.
+            socket_dir = Path(str(self.server_host))
+            owner = socket_dir.stat().st_uid if socket_dir.is_absolute() and socket_dir.exists() else None
+            self.user = pwd.getpwuid(owner).pw_name if owner not in (None, 0) else "postgres"
 
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
