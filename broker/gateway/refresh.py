@@ -14,6 +14,7 @@ See :mod:`broker.gateway.tokens` for the three steps and the modes. Invariants o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -180,12 +181,11 @@ async def _reuse(
         and token.successor_id is not None
         and not await oauth_repository.successor_rotated(session, token.successor_id)
     ):
-        try:
-            pair = await open_retry_pair(session, runtime.ring, token.id, grant.tenant_id, sealed, now=now)
-        except EnvelopeError:
-            pass  # an unreadable retry pair is treated as a replay: fail closed
-        else:
-            return _Checked(answer=pair)
+        # An unreadable retry pair (say, a shredded data key) is treated as a replay: fail closed.
+        with contextlib.suppress(EnvelopeError):
+            return _Checked(
+                answer=await open_retry_pair(session, runtime.ring, token.id, grant.tenant_id, sealed, now=now)
+            )
     revoked = await oauth_repository.revoke_subtree(session, grant.id, "refresh_token.replayed", now)
     await audit.record(
         session,

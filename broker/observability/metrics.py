@@ -24,6 +24,7 @@ import json
 import math
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -58,7 +59,7 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-class Metric:
+class Metric(ABC):
     """A named family of series, one per label tuple."""
 
     kind: Kind
@@ -68,13 +69,13 @@ class Metric:
         self.help = help_text
         self.label_names = labels
 
+    @abstractmethod
     def snapshot(self) -> dict[str, list[float]]:
         """The series keyed by their labels joined with a unit separator (what a worker writes for the others)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def render(self, merged: dict[Labels, list[float]]) -> list[str]:
         """Exposition lines for ``merged`` series."""
-        raise NotImplementedError
 
 
 class Counter(Metric):
@@ -151,6 +152,10 @@ class Gauge(Metric):
     """A value read when scraped (by a collector), never accumulated."""
 
     kind: Kind = "gauge"
+
+    def snapshot(self) -> dict[str, list[float]]:
+        """Nothing: a gauge is read by the worker that answers the scrape, not shared through snapshots."""
+        return {}
 
     def render(self, merged: dict[Labels, list[float]]) -> list[str]:
         """See :meth:`Metric.render`."""
