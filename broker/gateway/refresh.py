@@ -49,7 +49,7 @@ from broker.oauth.flows.base import (
     open_retry_pair,
     seal_retry_pair,
 )
-from broker.webhooks import outbox
+from broker.oauth.flows.refresh_token import revoke_replayed_family
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row
@@ -186,18 +186,7 @@ async def _reuse(
             return _Checked(
                 answer=await open_retry_pair(session, runtime.ring, token.id, grant.tenant_id, sealed, now=now)
             )
-    revoked = await oauth_repository.revoke_subtree(session, grant.id, "refresh_token.replayed", now)
-    await audit.record(
-        session,
-        action="token.replay_detected",
-        actor=request.client.client_id,
-        tenant_id=grant.tenant_id,
-        request_id=request.request_id,
-        grant_id=grant.id,
-        outcome="denied",
-        detail={"revoked_grants": len(revoked), "gateway": True},
-    )
-    await outbox.grants_revoked(session, runtime.ring, revoked, reason="refresh_token.replayed", grant_id=grant.id)
+    await revoke_replayed_family(session, runtime, request, grant, now=now, detail={"gateway": True})
     try:
         held_token = await open_held_or_refuse(session, runtime, held)
     except errors.InvalidGrant:

@@ -43,6 +43,9 @@ from broker.observability import metrics
 from broker.webhooks import outbox
 
 if TYPE_CHECKING:
+    import uuid
+    from datetime import datetime
+
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from broker.context import Runtime
@@ -122,19 +125,7 @@ class RefreshTokenFlow(Flow):
                     return await open_retry_pair(
                         session, runtime.ring, token.id, grant.tenant_id, sealed, now=request.now
                     )
-        metrics.REPLAYS.inc()
-        revoked = await repository.revoke_subtree(session, grant.id, "refresh_token.replayed", request.now)
-        await audit.record(
-            session,
-            action="token.replay_detected",
-            actor=request.client.client_id,
-            tenant_id=grant.tenant_id,
-            request_id=request.request_id,
-            grant_id=grant.id,
-            outcome="denied",
-            detail={"revoked_grants": len(revoked)},
-        )
-        await outbox.grants_revoked(session, runtime.ring, revoked, reason="refresh_token.replayed", grant_id=grant.id)
+        await revoke_replayed_family(session, runtime, request, grant, now=request.now)
         raise DeferredFailure(errors.InvalidGrant("refresh token already used", debug="replay; family revoked"))
 
     async def _fork(
@@ -185,3 +176,33 @@ class RefreshTokenFlow(Flow):
             outcome="denied",
             detail=detail,
         )
+
+
+async def revoke_replayed_family(
+    session: AsyncSession,
+    runtime: Runtime,
+    request: TokenRequest,
+    grant: Grant,
+    *,
+    now: datetime,
+    detail: dict[str, Any] | None = None,
+) -> list[uuid.UUID]:
+    """A replayed refresh token: revoke its family, audit and count the replay, queue ``grant.revoked``.
+
+    Shared by issuer mode and the gateway (RFC 6819 §5.2.2.3); runs in the caller's transaction, which
+    must commit even though the request fails. Returns the grants revoked.
+    """
+    metrics.REPLAYS.inc()
+    revoked = await repository.revoke_subtree(session, grant.id, "refresh_token.replayed", now)
+    await audit.record(
+        session,
+        action="token.replay_detected",
+        actor=request.client.client_id,
+        tenant_id=grant.tenant_id,
+        request_id=request.request_id,
+        grant_id=grant.id,
+        outcome="denied",
+        detail={"revoked_grants": len(revoked), **(detail or {})},
+    )
+    await outbox.grants_revoked(session, runtime.ring, revoked, reason="refresh_token.replayed", grant_id=grant.id)
+    return revoked
