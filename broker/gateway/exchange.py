@@ -25,7 +25,6 @@ from broker.oauth import repository as oauth_repository
 from broker.oauth.audience import parse_audiences
 from broker.oauth.flows.base import (
     ACCESS_TOKEN_TYPE,
-    REFRESH_TOKEN_TYPE,
     TOKEN_EXCHANGE,
     IssuedTokens,
     NewGrant,
@@ -33,7 +32,7 @@ from broker.oauth.flows.base import (
     grant_is_live,
     ttl,
 )
-from broker.oauth.flows.token_exchange import MULTI_USER, OAUTH_USER_TOKEN, SUBJECT_TOKEN_TYPES, USER
+from broker.oauth.flows.token_exchange import MULTI_USER, OAUTH_USER_TOKEN, USER, exchange_subject
 
 if TYPE_CHECKING:
     import uuid
@@ -74,16 +73,7 @@ async def translate_audiences(
 
 async def exchange(runtime: Runtime, upstream: Upstream, request: TokenRequest) -> IssuedTokens:
     """Serve a token exchange of a gateway tenant (see the module docstring)."""
-    raw_type = request.require("subject_token_type")
-    subject_type = SUBJECT_TOKEN_TYPES.get(raw_type)
-    if subject_type is None:
-        raise errors.InvalidRequest("unsupported subject_token_type")
-    subject_token = request.require("subject_token")
-    if request.get("actor_token") is not None or request.get("actor_token_type") is not None:
-        raise errors.InvalidRequest("delegation (actor_token) is not supported")
-    requested_type = request.get("requested_token_type")
-    if requested_type is not None and requested_type not in {ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE}:
-        raise errors.InvalidRequest("unsupported requested_token_type")
+    subject_type, subject_token = exchange_subject(request)
     body: dict[str, Any] = {"grant_type": TOKEN_EXCHANGE, "subject_token_type": subject_type}
     for name in ("resource", "requested_token_type"):
         value = request.get(name)

@@ -49,7 +49,7 @@ from broker.oauth.flows.base import (
     open_retry_pair,
     seal_retry_pair,
 )
-from broker.oauth.flows.refresh_token import revoke_replayed_family
+from broker.oauth.flows.refresh_token import audit_refusal, revoke_replayed_family
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row
@@ -204,16 +204,7 @@ async def _reuse(
 
 
 async def _refused(session: AsyncSession, request: TokenRequest, grant: Grant, reason: str) -> None:
-    await audit.record(
-        session,
-        action="token.refresh_refused",
-        actor=request.client.client_id,
-        tenant_id=grant.tenant_id,
-        request_id=request.request_id,
-        grant_id=grant.id,
-        outcome="denied",
-        detail={"reason": reason, "gateway": True},
-    )
+    await audit_refusal(session, request, grant, {"reason": reason, "gateway": True})
 
 
 async def _rotate(

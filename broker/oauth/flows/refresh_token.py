@@ -165,17 +165,7 @@ class RefreshTokenFlow(Flow):
         return await issue_grant(session, runtime, request, new, action="token.party_forked", detail=detail)
 
     async def _refuse(self, session: AsyncSession, request: TokenRequest, grant: Grant, reason: str) -> None:
-        detail: dict[str, Any] = {"reason": reason}
-        await audit.record(
-            session,
-            action="token.refresh_refused",
-            actor=request.client.client_id,
-            tenant_id=grant.tenant_id,
-            request_id=request.request_id,
-            grant_id=grant.id,
-            outcome="denied",
-            detail=detail,
-        )
+        await audit_refusal(session, request, grant, {"reason": reason})
 
 
 async def revoke_replayed_family(
@@ -206,3 +196,17 @@ async def revoke_replayed_family(
     )
     await outbox.grants_revoked(session, runtime.ring, revoked, reason="refresh_token.replayed", grant_id=grant.id)
     return revoked
+
+
+async def audit_refusal(session: AsyncSession, request: TokenRequest, grant: Grant, detail: dict[str, Any]) -> None:
+    """Audit a refresh refused to its caller (not the holder, not a party); shared with the gateway."""
+    await audit.record(
+        session,
+        action="token.refresh_refused",
+        actor=request.client.client_id,
+        tenant_id=grant.tenant_id,
+        request_id=request.request_id,
+        grant_id=grant.id,
+        outcome="denied",
+        detail=detail,
+    )

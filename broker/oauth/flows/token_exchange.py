@@ -68,16 +68,7 @@ class TokenExchangeFlow(Flow):
 
     async def issue(self, session: AsyncSession, runtime: Runtime, request: TokenRequest) -> IssuedTokens:
         """See the module docstring."""
-        raw_type = request.require("subject_token_type")
-        subject_type = SUBJECT_TOKEN_TYPES.get(raw_type)
-        if subject_type is None:
-            raise errors.InvalidRequest("unsupported subject_token_type")
-        subject_token = request.require("subject_token")
-        if request.get("actor_token") is not None or request.get("actor_token_type") is not None:
-            raise errors.InvalidRequest("delegation (actor_token) is not supported")
-        requested_type = request.get("requested_token_type")
-        if requested_type is not None and requested_type not in {ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE}:
-            raise errors.InvalidRequest("unsupported requested_token_type")
+        subject_type, subject_token = exchange_subject(request)
         if request.get("resource") is not None and request.get("resource") not in runtime.settings.allowed_resources:
             raise errors.InvalidTarget("unknown resource")
         if subject_type == USER:
@@ -276,3 +267,24 @@ def _intersect(scopes_: Any, allowed: tuple[str, ...] | None) -> tuple[str, ...]
     if allowed is None:
         return tuple(scopes_)
     return tuple(s for s in scopes_ if s in allowed)
+
+
+def exchange_subject(request: TokenRequest) -> tuple[str, str]:
+    """The subject token type (canonical URN) and subject token of an RFC 8693 request, validated.
+
+    Shared by issuer mode and the gateway. RFC 8693 §2.1: ``subject_token`` and ``subject_token_type``
+    are required; delegation (``actor_token``) is refused; ``requested_token_type`` must be one broker issues.
+
+    Raises:
+        InvalidRequest: a required parameter is missing, or a type is unsupported.
+    """
+    subject_type = SUBJECT_TOKEN_TYPES.get(request.require("subject_token_type"))
+    if subject_type is None:
+        raise errors.InvalidRequest("unsupported subject_token_type")
+    subject_token = request.require("subject_token")
+    if request.get("actor_token") is not None or request.get("actor_token_type") is not None:
+        raise errors.InvalidRequest("delegation (actor_token) is not supported")
+    requested_type = request.get("requested_token_type")
+    if requested_type is not None and requested_type not in {ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE}:
+        raise errors.InvalidRequest("unsupported requested_token_type")
+    return subject_type, subject_token
