@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from sqlalchemy import delete, func, select, update
 
 from broker.app import build_runtime
-from broker.audit import chain
+from broker.audit import chain, repository
 from broker.audit import service as audit
 from broker.cli.main import cli
 from broker.db.models import AuditChain, AuditEvent
@@ -36,7 +36,7 @@ async def _chain(sessions, tenant_id) -> list[Any]:
 
 async def _verify(runtime, tenant_id) -> chain.Verification:
     async with runtime.sessions() as session:
-        await chain.seal_pending(session, runtime.ring)
+        await chain.seal_pending(session, runtime.ring, wait=True)  # as broker audit verify does
         return await chain.verify(session, runtime.ring, tenant_id=tenant_id)
 
 
@@ -123,6 +123,30 @@ async def test_two_sealers_at_once_build_one_consistent_chain(make_tenant, setti
             await runtime.close()
 
 
+async def test_an_explicit_seal_waits_for_a_sealer_holding_the_chain_and_a_background_one_skips_it(
+    make_tenant, runtime, sessions
+):
+    lender = await make_tenant("contended")
+    await _events(runtime, lender.tenant_id, 3)
+    async with sessions() as session, session.begin():
+        await repository.lock_head(session, lender.tenant_id)  # the chain's head row exists (and is committed)
+    async with sessions() as holder, holder.begin():  # another sealer, mid-transaction on this chain
+        assert await repository.lock_head(holder, lender.tenant_id) is not None
+        async with runtime.sessions() as session:
+            await chain.seal_pending(session, runtime.ring)  # skips the locked chain and returns
+        assert {r.seq for r in await _chain(sessions, lender.tenant_id)} == {None}
+
+        async def explicit() -> int:
+            async with runtime.sessions() as session:
+                return await chain.seal_pending(session, runtime.ring, wait=True)
+
+        waiting = asyncio.create_task(explicit())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # queued behind the holder's lock, not returned early
+    assert await waiting >= 4  # tenant.created and the three events, once the holder committed
+    assert [r.seq for r in await _chain(sessions, lender.tenant_id)] == [1, 2, 3, 4]
+
+
 async def test_serving_processes_seal_in_the_background(make_tenant, settings, sessions):
     lender = await make_tenant("background")
     runtime = build_runtime(settings.model_copy(update={"audit_seal_interval_seconds": 0.05}))
@@ -188,7 +212,7 @@ async def test_sealing_a_large_batch_hands_the_event_loop_back_between_slices(ma
         linked = 0
         task = asyncio.create_task(other_request())
         async with runtime.sessions() as session, session.begin():  # this tenant's chain only
-            sealed = await chain._seal_chain(session, chain.chain_key(runtime.ring), lender.tenant_id, 1000)
+            sealed = await chain._seal_chain(session, chain.chain_key(runtime.ring), lender.tenant_id, 1000, wait=False)
         done.set()
         await task
         if sealed >= 400:

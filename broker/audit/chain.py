@@ -89,10 +89,13 @@ def chain_id_of(tenant_id: uuid.UUID | None) -> uuid.UUID:
     return tenant_id if tenant_id is not None else GLOBAL_CHAIN
 
 
-async def seal_pending(session: AsyncSession, ring: KeyRing, *, batch: int = SEAL_BATCH) -> int:
+async def seal_pending(session: AsyncSession, ring: KeyRing, *, batch: int = SEAL_BATCH, wait: bool = False) -> int:
     """Seal every unsealed event (one short transaction per chain and batch); return how many.
 
-    Chains another sealer is extending are skipped; that sealer seals them.
+    Chains another sealer is extending are skipped; that sealer seals them. That suits the background
+    sealers, which must never queue behind each other, but not ``broker audit seal`` and ``verify``: when
+    they return, every event written before they started must be sealed, even one a background sealer
+    had locked and not yet committed. They pass ``wait``, and wait for that sealer's short transaction.
     """
     key = chain_key(ring)
     total = 0
@@ -102,15 +105,15 @@ async def seal_pending(session: AsyncSession, ring: KeyRing, *, batch: int = SEA
         progressed = 0
         for tenant_id in chains:
             async with session.begin():
-                progressed += await _seal_chain(session, key, tenant_id, batch)
+                progressed += await _seal_chain(session, key, tenant_id, batch, wait=wait)
         total += progressed
         if progressed == 0:
             return total
 
 
-async def _seal_chain(session: AsyncSession, key: bytes, tenant_id: uuid.UUID | None, batch: int) -> int:
+async def _seal_chain(session: AsyncSession, key: bytes, tenant_id: uuid.UUID | None, batch: int, *, wait: bool) -> int:
     chain = chain_id_of(tenant_id)
-    head = await repository.lock_head(session, chain)
+    head = await repository.lock_head(session, chain, wait=wait)
     if head is None:
         return 0
     events = await repository.unsealed(session, tenant_id, batch)

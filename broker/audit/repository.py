@@ -50,11 +50,16 @@ async def chains_with_unsealed(session: AsyncSession, limit: int) -> list[uuid.U
     return list(result.scalars())
 
 
-async def lock_head(session: AsyncSession, chain_id: uuid.UUID) -> Row[int, bytes | None] | None:
-    """The chain's head, created if new, locked ``FOR UPDATE SKIP LOCKED`` (None: another sealer has it)."""
+async def lock_head(session: AsyncSession, chain_id: uuid.UUID, *, wait: bool = False) -> Row[int, bytes | None] | None:
+    """The chain's head, created if new, locked ``FOR UPDATE SKIP LOCKED`` (None: another sealer has it).
+
+    With ``wait``, a plain ``FOR UPDATE``: wait for the other sealer to commit instead of skipping.
+    """
     await session.execute(insert(AuditChain).values(chain_id=chain_id).on_conflict_do_nothing())
     result = await session.execute(
-        select(AuditChain.seq, AuditChain.hash).where(AuditChain.chain_id == chain_id).with_for_update(skip_locked=True)
+        select(AuditChain.seq, AuditChain.hash)
+        .where(AuditChain.chain_id == chain_id)
+        .with_for_update(skip_locked=not wait)
     )
     return result.one_or_none()
 

@@ -35,7 +35,7 @@ def seal() -> None:
     """Link every not yet sealed audit event into its tenant's hash chain (serving processes do this too)."""
 
     async def work(session: AsyncSession, ring: KeyRing, _: Settings) -> int:
-        return await chain.seal_pending(session, ring)
+        return await chain.seal_pending(session, ring, wait=True)
 
     click.echo(f"sealed {_run(work)} event(s)")
 
@@ -54,7 +54,7 @@ def verify(client_id: str | None, only_global: bool, no_seal: bool, as_json: boo
             async with session.begin():
                 tenant_id = (await tenants.get_tenant(session, client_id)).id
         if not no_seal:
-            await chain.seal_pending(session, ring)
+            await chain.seal_pending(session, ring, wait=True)
         return await chain.verify(session, ring, tenant_id=tenant_id, only_global=only_global)
 
     if client_id is not None and only_global:
