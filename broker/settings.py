@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # (a key shredded elsewhere stops being used here within this time), and how often each serving
     # process seals new audit rows into their tenant's hash chain (0 disables; `broker audit seal`).
     data_key_cache_seconds: float = Field(default=60.0, ge=0, le=3600)
-    audit_seal_interval_seconds: float = Field(default=5.0, ge=0, le=3600)
+    audit_seal_interval_seconds: float = Field(default=1.0, ge=0, le=3600)
 
     # Partner webhooks (broker.webhooks): the delivery worker and outbound safety.
     webhook_worker: bool = True

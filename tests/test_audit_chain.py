@@ -1,37 +1,58 @@
-"""The audit log's per-tenant hash chains: sealing (also concurrent and in the background) and tamper evidence."""
+"""The audit log's per-tenant hash chains: sealing in blocks (also concurrent and in the background) and
+tamper evidence, including chains begun before blocks (rows sealed one by one)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from click.testing import CliRunner
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, text, update
 
 from broker.app import build_runtime
 from broker.audit import chain, repository
 from broker.audit import service as audit
 from broker.cli.main import cli
-from broker.db.models import AuditChain, AuditEvent
+from broker.db import migrate
+from broker.db.models import AuditBlock, AuditChain, AuditEvent
+from tests import dbsetup
 from tests.oauth_helpers import token_ok
 
 
-async def _events(runtime, tenant_id, n: int) -> None:
+async def _events(runtime, tenant_id, n: int) -> list[int]:
     async with runtime.sessions() as session, session.begin():
         for i in range(n):
             await audit.record(
                 session, action="test.event", actor="test", tenant_id=tenant_id, request_id=f"r{i}", detail={"i": i}
             )
+        result = await session.execute(
+            select(AuditEvent.id).where(AuditEvent.tenant_id == tenant_id).order_by(AuditEvent.id.desc()).limit(n)
+        )
+        return sorted(result.scalars())
 
 
-async def _chain(sessions, tenant_id) -> list[Any]:
+async def _event_ids(sessions, tenant_id) -> list[int]:
     async with sessions() as session:
         result = await session.execute(
-            select(AuditEvent.id, AuditEvent.seq, AuditEvent.hash)
-            .where(AuditEvent.tenant_id == tenant_id)
-            .order_by(AuditEvent.seq)
+            select(AuditEvent.id).where(AuditEvent.tenant_id == tenant_id).order_by(AuditEvent.id)
+        )
+        return list(result.scalars())
+
+
+async def _blocks(sessions, tenant_id) -> list[Any]:
+    async with sessions() as session:
+        result = await session.execute(
+            select(AuditBlock.seq, AuditBlock.event_ids, AuditBlock.digests, AuditBlock.hash)
+            .where(AuditBlock.chain_id == tenant_id)
+            .order_by(AuditBlock.seq)
         )
         return list(result.all())
+
+
+async def _seal(runtime) -> int:
+    async with runtime.sessions() as session:
+        return await chain.seal_pending(session, runtime.ring, wait=True)  # as broker audit seal does
 
 
 async def _verify(runtime, tenant_id) -> chain.Verification:
@@ -40,18 +61,28 @@ async def _verify(runtime, tenant_id) -> chain.Verification:
         return await chain.verify(session, runtime.ring, tenant_id=tenant_id)
 
 
-async def test_sealing_links_every_event_of_a_tenant_in_order(make_tenant, runtime, sessions):
+async def _unsealed(runtime, tenant_id) -> int:
+    async with runtime.sessions() as session, session.begin():
+        return await repository.count_unsealed(session, tenant_id, scoped=True)
+
+
+async def test_sealing_links_every_event_of_a_tenant_in_blocks_in_order(make_tenant, runtime, sessions):
     lender = await make_tenant("chained")
     await _events(runtime, lender.tenant_id, 5)
     result = await _verify(runtime, lender.tenant_id)
     assert result.ok, result.problems
-    rows = await _chain(sessions, lender.tenant_id)
-    assert [r.seq for r in rows] == list(range(1, len(rows) + 1))  # tenant.created and the five events
-    assert len(rows) == 6
-    assert all(len(r.hash) == 32 for r in rows)
+    assert result.rows == 6  # tenant.created and the five events
+    assert await _unsealed(runtime, lender.tenant_id) == 0
+    blocks = await _blocks(sessions, lender.tenant_id)
+    assert [b.seq for b in blocks] == list(range(1, len(blocks) + 1))
+    sealed = [i for b in blocks for i in b.event_ids]
+    assert sealed == await _event_ids(sessions, lender.tenant_id)  # each once, in the order they were written
+    assert all(len(b.digests) == chain.DIGEST_SIZE * len(b.event_ids) and len(b.hash) == 32 for b in blocks)
     async with sessions() as session:
         head = (await session.execute(select(AuditChain).where(AuditChain.chain_id == lender.tenant_id))).scalar_one()
-    assert (head.seq, head.hash) == (rows[-1].seq, rows[-1].hash)
+    assert (head.blocks, head.block_hash) == (blocks[-1].seq, blocks[-1].hash)
+    async with sessions() as session:  # sealing never updates an event
+        assert await session.scalar(select(AuditEvent.seq).where(AuditEvent.id == sealed[0])) is None
 
 
 async def test_verify_detects_an_edited_row(make_tenant, runtime, sessions):
@@ -60,46 +91,82 @@ async def test_verify_detects_an_edited_row(make_tenant, runtime, sessions):
     await _events(runtime, lender.tenant_id, 4)
     await _events(runtime, other.tenant_id, 4)
     assert (await _verify(runtime, lender.tenant_id)).ok
-    victim = (await _chain(sessions, lender.tenant_id))[2]
+    victim = (await _event_ids(sessions, lender.tenant_id))[2]
     async with sessions() as session, session.begin():
-        await session.execute(update(AuditEvent).where(AuditEvent.id == victim.id).values(actor="someone-else"))
+        await session.execute(update(AuditEvent).where(AuditEvent.id == victim).values(actor="someone-else"))
     result = await _verify(runtime, lender.tenant_id)
-    assert [(p.kind, p.event_id) for p in result.problems] == [("edited", victim.id)]
+    assert [(p.kind, p.event_id) for p in result.problems] == [("edited", victim)]
     assert (await _verify(runtime, other.tenant_id)).ok  # other tenants' chains are unaffected
 
 
-async def test_verify_detects_a_deleted_row_in_the_middle_and_at_the_end(make_tenant, runtime, sessions):
+async def test_verify_detects_a_deleted_row_and_a_deleted_block(make_tenant, runtime, sessions):
     lender = await make_tenant("deleted")
     await _events(runtime, lender.tenant_id, 5)
     assert (await _verify(runtime, lender.tenant_id)).ok
-    rows = await _chain(sessions, lender.tenant_id)
+    ids = await _event_ids(sessions, lender.tenant_id)
     async with sessions() as session, session.begin():
-        await session.execute(delete(AuditEvent).where(AuditEvent.id == rows[2].id))
+        await session.execute(delete(AuditEvent).where(AuditEvent.id == ids[2]))
     result = await _verify(runtime, lender.tenant_id)
-    assert [(p.kind, p.seq) for p in result.problems] == [("deleted", rows[2].seq)]
+    assert [(p.kind, p.event_id) for p in result.problems] == [("deleted", ids[2])]
 
+    await _events(runtime, lender.tenant_id, 2)  # a later block, then cut from the end of the chain
+    await _seal(runtime)
+    last = (await _blocks(sessions, lender.tenant_id))[-1]
     async with sessions() as session, session.begin():
-        await session.execute(delete(AuditEvent).where(AuditEvent.id == rows[-1].id))
+        await session.execute(delete(AuditEvent).where(AuditEvent.id.in_(last.event_ids)))
+        await session.execute(
+            delete(AuditBlock).where(AuditBlock.chain_id == lender.tenant_id, AuditBlock.seq == last.seq)
+        )
     result = await _verify(runtime, lender.tenant_id)
     assert [p.kind for p in result.problems] == ["deleted", "deleted"]
     assert "head says" in result.problems[-1].detail
 
 
-async def test_renumbering_over_a_deletion_is_still_detected(make_tenant, runtime, sessions):
+async def test_rewriting_a_block_over_a_deletion_is_still_detected(make_tenant, runtime, sessions):
     lender = await make_tenant("renumbered")
     await _events(runtime, lender.tenant_id, 3)
     assert (await _verify(runtime, lender.tenant_id)).ok
-    rows = await _chain(sessions, lender.tenant_id)
-    async with sessions() as session, session.begin():
-        await session.execute(delete(AuditEvent).where(AuditEvent.id == rows[1].id))
-        for row in rows[2:]:
-            await session.execute(update(AuditEvent).where(AuditEvent.id == row.id).values(seq=row.seq - 1))
+    block = (await _blocks(sessions, lender.tenant_id))[-1]
+    victim = block.event_ids[1]
+    size = chain.DIGEST_SIZE
+    async with sessions() as session, session.begin():  # drop the event and its entry from the block
+        await session.execute(delete(AuditEvent).where(AuditEvent.id == victim))
         await session.execute(
-            update(AuditChain).where(AuditChain.chain_id == lender.tenant_id).values(seq=rows[-1].seq - 1)
+            update(AuditBlock)
+            .where(AuditBlock.chain_id == lender.tenant_id, AuditBlock.seq == block.seq)
+            .values(
+                event_ids=[i for i in block.event_ids if i != victim],
+                digests=block.digests[:size] + block.digests[2 * size :],
+            )
         )
     result = await _verify(runtime, lender.tenant_id)
-    assert not result.ok
-    assert {p.kind for p in result.problems} == {"edited"}
+    assert [(p.kind, p.seq) for p in result.problems] == [("edited", block.seq)]
+    assert "block" in result.problems[0].detail
+
+
+async def test_an_open_transaction_holds_sealing_back_and_nothing_written_meanwhile_is_skipped(
+    make_tenant, runtime, sessions
+):
+    # Event ids are not in commit order: an event written early by a transaction that commits late
+    # must still be sealed, and so must the events committed while it was open.
+    lender = await make_tenant("late commit")
+    await _seal(runtime)
+    async with sessions() as slow, slow.begin():
+        await audit.record(slow, action="test.slow", actor="test", tenant_id=lender.tenant_id, request_id="slow")
+        early = await slow.scalar(select(AuditEvent.id).where(AuditEvent.request_id == "slow"))
+        later = await _events(runtime, lender.tenant_id, 2)  # committed, with greater ids
+        assert all(i > early for i in later)
+        await _seal(runtime)
+        sealed = {i for b in await _blocks(sessions, lender.tenant_id) for i in b.event_ids}
+        assert not sealed & set(later)  # held back behind the open transaction, not skipped for good
+    await _seal(runtime)
+    blocks = await _blocks(sessions, lender.tenant_id)
+    sealed_now = [i for b in blocks for i in b.event_ids]
+    assert set(sealed_now) >= {early, *later}
+    assert sealed_now.index(early) < sealed_now.index(later[0])  # in the order the transactions wrote them
+    result = await _verify(runtime, lender.tenant_id)
+    assert result.ok, result.problems
+    assert await _unsealed(runtime, lender.tenant_id) == 0
 
 
 async def test_two_sealers_at_once_build_one_consistent_chain(make_tenant, settings, sessions):
@@ -116,54 +183,50 @@ async def test_two_sealers_at_once_build_one_consistent_chain(make_tenant, setti
         await asyncio.gather(*(write_and_seal(r) for r in replicas))
         result = await _verify(replicas[0], lender.tenant_id)
         assert result.ok, result.problems
-        rows = await _chain(sessions, lender.tenant_id)
-        assert [r.seq for r in rows] == list(range(1, 202))
+        blocks = await _blocks(sessions, lender.tenant_id)
+        assert [b.seq for b in blocks] == list(range(1, len(blocks) + 1))
+        sealed = [i for b in blocks for i in b.event_ids]
+        assert sorted(sealed) == await _event_ids(sessions, lender.tenant_id)  # all 201, none twice
+        assert len(sealed) == 201
     finally:
         for runtime in replicas:
             await runtime.close()
 
 
-async def test_an_explicit_seal_waits_for_a_sealer_holding_the_chain_and_a_background_one_skips_it(
+async def test_an_explicit_seal_waits_for_a_sealer_holding_the_mark_and_a_background_one_skips_it(
     make_tenant, runtime, sessions
 ):
     lender = await make_tenant("contended")
     await _events(runtime, lender.tenant_id, 3)
-    async with sessions() as session, session.begin():
-        await repository.lock_head(session, lender.tenant_id)  # the chain's head row exists (and is committed)
-    async with sessions() as holder, holder.begin():  # another sealer, mid-transaction on this chain
-        assert await repository.lock_head(holder, lender.tenant_id) is not None
+    async with sessions() as holder, holder.begin():  # another sealer, mid-round
+        assert await repository.lock_mark(holder, wait=True) is not None
         async with runtime.sessions() as session:
-            await chain.seal_pending(session, runtime.ring)  # skips the locked chain and returns
-        assert {r.seq for r in await _chain(sessions, lender.tenant_id)} == {None}
+            assert await chain.seal_pending(session, runtime.ring) == 0  # skips, returns at once
+        assert await _blocks(sessions, lender.tenant_id) == []
 
-        async def explicit() -> int:
-            async with runtime.sessions() as session:
-                return await chain.seal_pending(session, runtime.ring, wait=True)
-
-        waiting = asyncio.create_task(explicit())
+        waiting = asyncio.create_task(_seal(runtime))
         await asyncio.sleep(0.2)
         assert not waiting.done()  # queued behind the holder's lock, not returned early
     assert await waiting >= 4  # tenant.created and the three events, once the holder committed
-    assert [r.seq for r in await _chain(sessions, lender.tenant_id)] == [1, 2, 3, 4]
+    assert [i for b in await _blocks(sessions, lender.tenant_id) for i in b.event_ids] == await _event_ids(
+        sessions, lender.tenant_id
+    )
 
 
-async def test_serving_processes_seal_in_the_background(make_tenant, settings, sessions):
+async def test_serving_processes_seal_in_the_background(make_tenant, settings, runtime):
     lender = await make_tenant("background")
-    runtime = build_runtime(settings.model_copy(update={"audit_seal_interval_seconds": 0.05}))
+    server = build_runtime(settings.model_copy(update={"audit_seal_interval_seconds": 0.05}))
     try:
-        await _events(runtime, lender.tenant_id, 3)
-        async with chain.sealing(runtime):
+        await _events(server, lender.tenant_id, 3)
+        async with chain.sealing(server):
             for _ in range(100):
-                async with sessions() as session:
-                    unsealed = await session.scalar(
-                        select(func.count()).where(AuditEvent.tenant_id == lender.tenant_id, AuditEvent.seq.is_(None))
-                    )
+                unsealed = await _unsealed(runtime, lender.tenant_id)
                 if unsealed == 0:
                     break
                 await asyncio.sleep(0.05)
         assert unsealed == 0
     finally:
-        await runtime.close()
+        await server.close()
 
 
 def _verify_cli(*args: str) -> Any:
@@ -176,9 +239,9 @@ async def test_audit_verify_on_the_cli(client, make_tenant, sessions):
     ok = await asyncio.to_thread(_verify_cli, "--client-id", lender.client_id)
     assert ok.exit_code == 0, ok.output
     assert "ok: no tampering found" in ok.output
-    rows = await _chain(sessions, lender.tenant_id)
+    first = (await _event_ids(sessions, lender.tenant_id))[0]
     async with sessions() as session, session.begin():
-        await session.execute(update(AuditEvent).where(AuditEvent.id == rows[0].id).values(detail={"forged": True}))
+        await session.execute(update(AuditEvent).where(AuditEvent.id == first).values(detail={"forged": True}))
     bad = await asyncio.to_thread(_verify_cli, "--client-id", lender.client_id, "--json")
     assert bad.exit_code == 1
     assert '"kind": "edited"' in bad.output
@@ -186,33 +249,33 @@ async def test_audit_verify_on_the_cli(client, make_tenant, sessions):
 
 
 async def test_sealing_a_large_batch_hands_the_event_loop_back_between_slices(make_tenant, runtime, monkeypatch):
-    # Sealing runs inside serving processes: a batch must not hold the event loop for all its links at once.
+    # Sealing runs inside serving processes: a batch must not hold the event loop for all its digests at once.
     lender = await make_tenant("sliced")
-    linked = 0
-    original = chain.link
+    digested = 0
+    original = chain.digest
 
-    def counting_link(*args: Any) -> bytes:
-        nonlocal linked
-        linked += 1
+    def counting_digest(*args: Any) -> bytes:
+        nonlocal digested
+        digested += 1
         return original(*args)
 
-    monkeypatch.setattr(chain, "link", counting_link)
+    monkeypatch.setattr(chain, "digest", counting_digest)
     seen_midway: set[int] = set()
     done = asyncio.Event()
 
     async def other_request() -> None:  # stands for a request served by the same loop
         while not done.is_set():
-            if 0 < linked < 400:
-                seen_midway.add(linked)
+            if 0 < digested < 400:
+                seen_midway.add(digested)
             await asyncio.sleep(0)
 
     sealed = 0
-    for _ in range(3):  # the test app's own background sealer may take the chain first: then seal anew
+    for _ in range(3):  # the test app's own background sealer may take the events first: then seal anew
         await _events(runtime, lender.tenant_id, 400)
-        linked = 0
+        digested = 0
         task = asyncio.create_task(other_request())
-        async with runtime.sessions() as session, session.begin():  # this tenant's chain only
-            sealed = await chain._seal_chain(session, chain.chain_key(runtime.ring), lender.tenant_id, 1000, wait=False)
+        async with runtime.sessions() as session, session.begin():
+            sealed = await chain._seal_round(session, chain.chain_key(runtime.ring), 1000, wait=True)
         done.set()
         await task
         if sealed >= 400:
@@ -224,3 +287,53 @@ async def test_sealing_a_large_batch_hands_the_event_loop_back_between_slices(ma
     assert max(seen_midway) - min(seen_midway) >= 300
     result = await _verify(runtime, lender.tenant_id)
     assert result.ok, result.problems
+
+
+async def test_a_chain_sealed_row_by_row_before_blocks_goes_on_in_blocks(settings):
+    # A database sealed by the per-row sealer (before migration 0005): its rows keep their seq and hash,
+    # the migration leaves the rest to the first block round, and that block links to the last row.
+    url = await asyncio.to_thread(dbsetup.create_database, os.environ["BROKER_DATABASE_URL"], "broker_legacy")
+    old = build_runtime(settings.model_copy(update={"database_url": url}))
+    try:
+        await asyncio.to_thread(migrate.upgrade, url, "0004")
+        key = chain.chain_key(old.ring)
+        async with old.sessions() as session, session.begin():
+            for i in range(3):
+                await session.execute(
+                    text(
+                        "INSERT INTO audit_events (actor, action, outcome, detail) VALUES ('admin', 'x', 'success', :d)"
+                    ),
+                    {"d": f'{{"i": {i}}}'},
+                )
+            rows = (await session.execute(text("SELECT * FROM audit_events ORDER BY id"))).all()
+            previous = None
+            for seq, row in enumerate(rows[:2], 1):  # the old sealer linked two; the third was still pending
+                previous = chain.link(key, previous, seq, row)
+                await session.execute(
+                    text("UPDATE audit_events SET seq = :s, hash = :h WHERE id = :i"),
+                    {"s": seq, "h": previous, "i": row.id},
+                )
+            await session.execute(
+                text("INSERT INTO audit_chains (chain_id, seq, hash) VALUES (:c, 2, :h)"),
+                {"c": chain.GLOBAL_CHAIN, "h": previous},
+            )
+        await asyncio.to_thread(migrate.upgrade, url, "head")
+        async with old.sessions() as session:
+            assert await chain.seal_pending(session, old.ring, wait=True) == 1
+            result = await chain.verify(session, old.ring, only_global=True)
+        assert result.ok, result.problems
+        assert result.rows == 3
+        async with old.sessions() as session:
+            block = (await session.execute(select(AuditBlock))).one()[0]
+        assert block.event_ids == [rows[2].id]
+        assert block.hash == chain.block_link(
+            key, previous, chain.GLOBAL_CHAIN, 1, event_ids=block.event_ids, digests=block.digests
+        )
+        async with old.sessions() as session, session.begin():  # the rows sealed one by one are still guarded
+            await session.execute(update(AuditEvent).where(AuditEvent.id == rows[0].id).values(action="forged"))
+        async with old.sessions() as session:
+            result = await chain.verify(session, old.ring, only_global=True)
+        assert [(p.kind, p.event_id) for p in result.problems] == [("edited", rows[0].id)]
+    finally:
+        await old.close()
+        await asyncio.to_thread(dbsetup.drop_database, url)

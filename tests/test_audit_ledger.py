@@ -178,7 +178,7 @@ async def test_audit_events_pages_in_both_orders(client, headers, story):
         "grant_id",
         "user_id",
         "detail",
-        "seq",
+        "sealed",
     }
     for token in (story["shared"]["refresh_token"], story["shared"]["access_token"]):
         assert token not in str(newest_first)

@@ -38,6 +38,8 @@ EXPECTED_TABLES = {
     "admin_keys",
     "tenant_keys",
     "audit_chains",
+    "audit_blocks",
+    "audit_seal_mark",
     "webhook_endpoints",
     "webhook_deliveries",
     "webhook_attempts",

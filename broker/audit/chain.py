@@ -1,22 +1,34 @@
 """Per-tenant hash chains over audit events: sealed after the fact, verified by ``broker audit verify``.
 
-Each tenant's events (and, separately, the events of no tenant) form one chain. Sealing gives the next
-unsealed events of a chain, in id order, consecutive ``seq`` numbers and
-``hash = HMAC-SHA-256(chain key, previous hash || canonical event)``; the chain's head (last ``seq``
-and ``hash``) is kept in ``audit_chains``. The chain key is derived from the server hash key, which
-is configuration, not data: someone who can write the database but does not hold the key cannot
-recompute hashes, so an edited row no longer matches its hash and a deleted row breaks the link to
-its successor (or, at the end of a chain, disagrees with the head).
+Each tenant's events (and, separately, the events of no tenant) form one chain of blocks. A sealing
+round takes the events written by transactions that have ended, past the seal mark, in the order of
+the transaction that wrote them and then of id, and appends one block per chain:
+``digest = HMAC-SHA-256(chain key, canonical event)[:16]`` for each event, and
+``hash = HMAC-SHA-256(chain key, previous hash || chain || seq || event ids || digests)``. The chain's
+head (its block count and last hash) is kept in ``audit_chains``. The chain key is derived from the
+server hash key, which is configuration, not data: someone who can write the database but does not hold
+the key cannot recompute digests or hashes, so an edited row no longer matches its digest, a deleted row
+is missing from its block, and a deleted block breaks the link to its successor (or, at the end of a
+chain, disagrees with the head).
 
-Trade-off: inserting an event never touches the chain, so token issuance never serialises on a
-per-tenant lock or pays a round trip for it. Sealing runs in the background of every serving
-process (every ``BROKER_AUDIT_SEAL_INTERVAL_SECONDS``), on ``broker audit seal``, and before
-``broker audit verify``. Events not yet sealed (normally a few seconds' worth) are not yet
-tamper-evident. Truncating a chain *and* rewinding its head to an earlier row is not detectable from
-the database alone; every seal logs the head (``audit chain sealed``), so logs kept elsewhere anchor it.
+Trade-offs:
 
-Sealers cooperate: a chain's head row is locked ``FOR UPDATE SKIP LOCKED``, so two replicas never
-extend one chain at once and never wait on each other.
+* Inserting an event never touches the chain, so token issuance never serialises on a per-tenant lock
+  or pays a round trip for it; and sealing never updates an event (it used to write ``seq`` and
+  ``hash`` into every row: a non-HOT UPDATE of a wide, seven-index row, about as much write work again as
+  the insert). A round writes one block row per chain, whatever the number of events.
+* Sealing runs in the background of every serving process (every ``BROKER_AUDIT_SEAL_INTERVAL_SECONDS``),
+  on ``broker audit seal``, and before ``broker audit verify``. Events not yet sealed (normally a second's
+  worth) are not yet tamper-evident. A transaction that writes to the database and stays open holds
+  sealing back until it ends (sealing only takes events whose transaction has ended, so none is skipped).
+* Truncating a chain *and* rewinding its head to an earlier block is not detectable from the database
+  alone; every seal logs the head (``audit chain sealed``), so logs kept elsewhere anchor it.
+
+Sealers take turns on the one-row seal mark: a background sealer that finds it locked skips its round
+(``FOR UPDATE SKIP LOCKED``); ``broker audit seal`` and ``verify`` wait for it.
+
+Events sealed one by one before blocks (``seq`` and ``hash`` on the row) are verified as before, and a
+chain's first block links to the last of them.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import struct
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -47,9 +60,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("broker.audit")
 
-SEAL_BATCH = 1000
+SEAL_BATCH = 2000
 VERIFY_BATCH = 5000
-CHAINS_PER_ROUND = 100
+VERIFY_BLOCKS = 20
+DIGEST_SIZE = 16
 YIELD_EVERY = 50
 """Sealing runs in serving processes: it hands the event loop back after this many links (about 2 ms of
 CPU here), so a batch never stalls the requests in flight for tens of milliseconds."""
@@ -89,47 +103,68 @@ def chain_id_of(tenant_id: uuid.UUID | None) -> uuid.UUID:
     return tenant_id if tenant_id is not None else GLOBAL_CHAIN
 
 
-async def seal_pending(session: AsyncSession, ring: KeyRing, *, batch: int = SEAL_BATCH, wait: bool = False) -> int:
-    """Seal every unsealed event (one short transaction per chain and batch); return how many.
+def digest(key: bytes, event: Any) -> bytes:  # noqa: ANN401 - an audit_events row
+    """An event's own digest in its block (128 bits: enough to make a forged row infeasible)."""
+    return hmac.new(key, canonical(0, event), hashlib.sha256).digest()[:DIGEST_SIZE]
 
-    Chains another sealer is extending are skipped; that sealer seals them. That suits the background
-    sealers, which must never queue behind each other, but not ``broker audit seal`` and ``verify``: when
-    they return, every event written before they started must be sealed, even one a background sealer
-    had locked and not yet committed. They pass ``wait``, and wait for that sealer's short transaction.
+
+def block_link(
+    key: bytes, previous: bytes | None, chain: uuid.UUID, seq: int, *, event_ids: list[int], digests: bytes
+) -> bytes:
+    """The hash of block ``seq`` of ``chain`` after a block (or row) whose hash is ``previous``."""
+    mac = hmac.new(key, previous or b"", hashlib.sha256)
+    mac.update(chain.bytes + struct.pack(">QQ", seq, len(event_ids)))
+    mac.update(struct.pack(f">{len(event_ids)}q", *event_ids))
+    mac.update(digests)
+    return mac.digest()
+
+
+async def seal_pending(session: AsyncSession, ring: KeyRing, *, batch: int = SEAL_BATCH, wait: bool = False) -> int:
+    """Seal every event of a transaction that has ended (one short transaction per batch); return how many.
+
+    If another sealer holds the seal mark, a background sealer (``wait`` false) returns at once: that
+    sealer seals the events. ``broker audit seal`` and ``verify`` pass ``wait``: when they return, every
+    event written before they started is sealed.
     """
     key = chain_key(ring)
     total = 0
     while True:
         async with session.begin():
-            chains = await repository.chains_with_unsealed(session, CHAINS_PER_ROUND)
-        progressed = 0
-        for tenant_id in chains:
-            async with session.begin():
-                progressed += await _seal_chain(session, key, tenant_id, batch, wait=wait)
-        total += progressed
-        if progressed == 0:
+            sealed = await _seal_round(session, key, batch, wait=wait)
+        total += sealed
+        if sealed < batch:
             return total
 
 
-async def _seal_chain(session: AsyncSession, key: bytes, tenant_id: uuid.UUID | None, batch: int, *, wait: bool) -> int:
-    chain = chain_id_of(tenant_id)
-    head = await repository.lock_head(session, chain, wait=wait)
-    if head is None:
+async def _seal_round(session: AsyncSession, key: bytes, batch: int, *, wait: bool) -> int:
+    mark = await repository.lock_mark(session, wait=wait)
+    if mark is None:
         return 0
-    events = await repository.unsealed(session, tenant_id, batch)
-    seq, previous = head.seq, head.hash
-    links: list[tuple[int, int, bytes]] = []
-    for n, event in enumerate(events, 1):
-        seq += 1
-        previous = link(key, previous, seq, event)
-        links.append((event.id, seq, previous))
-        if n % YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # let the requests this process serves run between slices
-    if links:
-        await repository.store_links(session, links)
-        await repository.move_head(session, chain, seq, previous)
-        log.info("audit chain sealed", chain=str(chain), seq=seq, hash=previous.hex() if previous else None)
-    return len(links)
+    before = await repository.horizon(session)  # after taking the mark: this transaction has an id now
+    events = await repository.to_seal(session, (mark.xact, mark.event_id), before, batch)
+    if not events:
+        return 0
+    chains: dict[uuid.UUID, list[Any]] = {}
+    for event in events:
+        chains.setdefault(chain_id_of(event.tenant_id), []).append(event)
+    heads = await repository.lock_heads(session, list(chains))
+    n = 0
+    for chain, members in sorted(chains.items()):
+        head = heads[chain]
+        digests = bytearray()
+        for event in members:
+            digests += digest(key, event)
+            n += 1
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the requests this process serves run between slices
+        seq = head.blocks + 1
+        previous = head.block_hash if head.blocks else head.hash
+        ids = [event.id for event in members]
+        sealed = block_link(key, previous, chain, seq, event_ids=ids, digests=bytes(digests))
+        await repository.append_block(session, chain, seq, event_ids=ids, digests=bytes(digests), digest=sealed)
+        log.info("audit chain sealed", chain=str(chain), block=seq, events=len(ids), hash=sealed.hex())
+    await repository.move_mark(session, events[-1].xact, events[-1].id)
+    return len(events)
 
 
 @dataclass(frozen=True)
@@ -176,15 +211,16 @@ async def verify(
         if tenant_id is not None or only_global:
             chain = chain_id_of(tenant_id)
             head_row = await repository.head(session, chain)
-            heads = [(chain, head_row.seq, head_row.hash)] if head_row is not None else []
+            heads = [head_row] if head_row is not None else []
         else:
-            heads = [(h.chain_id, h.seq, h.hash) for h in await repository.heads(session)]
+            heads = list(await repository.heads(session))
         result.unsealed = await repository.count_unsealed(
             session, tenant_id, scoped=tenant_id is not None or only_global
         )
-    for chain, head_seq, head_hash in heads:
+    for head in heads:
         result.chains += 1
-        await _verify_chain(session, key, chain, (head_seq, head_hash), result)
+        last = await _verify_rows(session, key, head.chain_id, (head.seq, head.hash), result)
+        await _verify_blocks(session, key, head.chain_id, last, recorded=(head.blocks, head.block_hash), result=result)
     if result.problems:
         async with session.begin():
             names = await repository.client_ids(session, [p.chain for p in result.problems])
@@ -194,9 +230,10 @@ async def verify(
     return result
 
 
-async def _verify_chain(
+async def _verify_rows(
     session: AsyncSession, key: bytes, chain: uuid.UUID, recorded: tuple[int, bytes | None], result: Verification
-) -> None:
+) -> bytes | None:
+    """Check the chain's rows sealed one by one (before blocks); return the last one's hash."""
     head_seq, head_hash = recorded
     tenant_id = None if chain == GLOBAL_CHAIN else chain
     expected_seq, previous = 1, None
@@ -222,6 +259,51 @@ async def _verify_chain(
         detail = f"the chain ends at {last_seq} but its head says {head_seq}"
         kind = "deleted" if last_seq < head_seq else "head"
         result.problems.append(Problem(chain, kind, head_seq, None, detail))
+    return last_hash
+
+
+async def _verify_blocks(
+    session: AsyncSession,
+    key: bytes,
+    chain: uuid.UUID,
+    previous: bytes | None,
+    *,
+    recorded: tuple[int, bytes | None],
+    result: Verification,
+) -> None:
+    """Check the chain's blocks: each one's link, and each listed event against its digest."""
+    head_blocks, head_hash = recorded
+    last_seq, last_hash = 0, None
+    while True:
+        async with session.begin():
+            blocks = await repository.blocks_after(session, chain, last_seq, VERIFY_BLOCKS)
+            events = await repository.events_by_id(session, [i for b in blocks for i in b.event_ids])
+        if not blocks:
+            break
+        for block in blocks:
+            if block.seq != last_seq + 1:
+                missing = f"block {last_seq + 1}..{block.seq - 1} missing before block {block.seq}"
+                result.problems.append(Problem(chain, "deleted", last_seq + 1, None, missing))
+            elif (
+                block_link(key, previous, chain, block.seq, event_ids=block.event_ids, digests=block.digests)
+                != block.hash
+            ):
+                changed = f"block {block.seq} does not match its hash"
+                result.problems.append(Problem(chain, "edited", block.seq, None, changed))
+            for i, event_id in enumerate(block.event_ids):
+                result.rows += 1
+                event = events.get(event_id)
+                if event is None:
+                    gone = f"event {event_id} of block {block.seq} is missing"
+                    result.problems.append(Problem(chain, "deleted", block.seq, event_id, gone))
+                elif digest(key, event) != block.digests[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]:
+                    changed = f"event {event_id} does not match its hash"
+                    result.problems.append(Problem(chain, "edited", block.seq, event_id, changed))
+            previous, last_seq, last_hash = block.hash, block.seq, block.hash
+    if last_seq != head_blocks or last_hash != head_hash:
+        detail = f"the chain ends at block {last_seq} but its head says {head_blocks}"
+        kind = "deleted" if last_seq < head_blocks else "head"
+        result.problems.append(Problem(chain, kind, head_blocks, None, detail))
 
 
 @contextlib.asynccontextmanager

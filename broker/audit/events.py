@@ -56,8 +56,8 @@ class EventView:
     grant_id: uuid.UUID | None
     user_id: str | None
     detail: dict[str, Any]
-    seq: int | None
-    """Position in the tenant's hash chain; null until sealed."""
+    sealed: bool
+    """Whether the event is linked into its tenant's hash chain yet (within seconds of being written)."""
 
 
 def parse_time(raw: str | None, name: str) -> datetime | None:
@@ -164,5 +164,5 @@ def view(row: Any) -> EventView:  # noqa: ANN401 - a result row of audit columns
         grant_id=row.grant_id,
         user_id=row.user_id,
         detail=row.detail,
-        seq=row.seq,
+        sealed=row.sealed,
     )

@@ -1,17 +1,17 @@
 """Queries on audit events: the hash chain's sealing and verification, and the audit API's reads.
 
-Chain queries follow the partial indexes: ``ix_audit_events_unsealed`` (``seq IS NULL``) for sealing,
-``ix_audit_events_chain`` (``seq IS NOT NULL``) for verification.
+Sealing walks ``ix_audit_events_xact`` past the seal mark; verification reads blocks by chain and events
+by id, and the rows sealed one by one before blocks through ``ix_audit_events_chain``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import and_, func, literal_column, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
-from broker.db.models import AuditChain, AuditEvent, Grant, GrantParty, Tenant, User
+from broker.db.models import AuditBlock, AuditChain, AuditEvent, AuditSealMark, Grant, GrantParty, Tenant, User
 
 if TYPE_CHECKING:
     import uuid
@@ -36,6 +36,12 @@ _EVENT_COLUMNS = (
     AuditEvent.hash,
 )
 
+_SEALED: Any = literal_column(
+    "(audit_events.seq IS NOT NULL OR (audit_events.xact IS NOT NULL AND "
+    "(audit_events.xact, audit_events.id) <= (SELECT m.xact, m.event_id FROM audit_seal_mark AS m)))"
+).label("sealed")
+"""Whether an event is in its chain yet (for the audit API)."""
+
 
 def _in_chain(tenant_id: uuid.UUID | None) -> Any:  # noqa: ANN401 - a SQL expression
     return AuditEvent.tenant_id.is_(None) if tenant_id is None else AuditEvent.tenant_id == tenant_id
@@ -44,76 +50,89 @@ def _in_chain(tenant_id: uuid.UUID | None) -> Any:  # noqa: ANN401 - a SQL expre
 # --- the hash chain ------------------------------------------------------------------------------------
 
 
-async def chains_with_unsealed(session: AsyncSession, limit: int) -> list[uuid.UUID | None]:
-    """Tenants (None: the global chain) that have unsealed events."""
-    result = await session.execute(select(AuditEvent.tenant_id).where(AuditEvent.seq.is_(None)).distinct().limit(limit))
-    return list(result.scalars())
-
-
-async def lock_head(session: AsyncSession, chain_id: uuid.UUID, *, wait: bool = False) -> Row[int, bytes | None] | None:
-    """The chain's head, created if new, locked ``FOR UPDATE SKIP LOCKED`` (None: another sealer has it).
-
-    With ``wait``, a plain ``FOR UPDATE``: wait for the other sealer to commit instead of skipping.
-    """
-    await session.execute(insert(AuditChain).values(chain_id=chain_id).on_conflict_do_nothing())
+async def lock_mark(session: AsyncSession, *, wait: bool) -> Row[int, int] | None:
+    """The seal mark ``(xact, event_id)``, locked (None: another sealer holds it and ``wait`` is false)."""
     result = await session.execute(
-        select(AuditChain.seq, AuditChain.hash)
-        .where(AuditChain.chain_id == chain_id)
-        .with_for_update(skip_locked=not wait)
+        select(AuditSealMark.xact, AuditSealMark.event_id).with_for_update(skip_locked=not wait)
     )
     return result.one_or_none()
 
 
-async def unsealed(session: AsyncSession, tenant_id: uuid.UUID | None, limit: int) -> Sequence[Row[Any]]:
-    """The chain's next unsealed events, in id order."""
+_HORIZON = text("SELECT CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint)")
+
+
+async def horizon(session: AsyncSession) -> int:
+    """The oldest transaction still running: every transaction before it has committed or rolled back."""
+    return int((await session.execute(_HORIZON)).scalar_one())
+
+
+def _past(xact: int, event_id: int) -> Any:  # noqa: ANN401 - a SQL condition
+    """Events after ``(xact, event_id)`` in sealing order (``ix_audit_events_xact``)."""
+    return and_(AuditEvent.xact.is_not(None), tuple_(AuditEvent.xact, AuditEvent.id) > tuple_(xact, event_id))
+
+
+async def to_seal(session: AsyncSession, mark: tuple[int, int], before_xact: int, limit: int) -> Sequence[Row[Any]]:
+    """The next events past ``mark`` written by transactions before ``before_xact``, in (xact, id) order."""
     result = await session.execute(
-        select(*_EVENT_COLUMNS)
-        .where(_in_chain(tenant_id), AuditEvent.seq.is_(None))
-        .order_by(AuditEvent.id)
+        select(*_EVENT_COLUMNS, AuditEvent.xact)
+        .where(_past(*mark), AuditEvent.xact < before_xact)
+        .order_by(AuditEvent.xact, AuditEvent.id)
         .limit(limit)
     )
     return result.all()
 
 
-_STORE_LINKS = text(
-    "UPDATE audit_events AS e SET seq = v.seq, hash = v.hash "
-    "FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[]), CAST(:hashes AS bytea[])) AS v(id, seq, hash) "
-    "WHERE e.id = v.id"
-)
-
-
-async def store_links(session: AsyncSession, links: Sequence[tuple[int, int, bytes]]) -> None:
-    """Write ``(event id, seq, hash)`` for sealed events, in one statement whatever their number."""
-    ids, seqs, hashes = (list(column) for column in zip(*links, strict=True)) if links else ([], [], [])
-    await session.execute(_STORE_LINKS, {"ids": ids, "seqs": seqs, "hashes": hashes})
-
-
-async def move_head(session: AsyncSession, chain_id: uuid.UUID, seq: int, digest: bytes) -> None:
-    """Record the chain's new last ``seq`` and hash."""
-    await session.execute(
-        update(AuditChain).where(AuditChain.chain_id == chain_id).values(seq=seq, hash=digest, sealed_at=func.now())
-    )
-
-
-async def head(session: AsyncSession, chain_id: uuid.UUID) -> Row[uuid.UUID, int, bytes | None] | None:
-    """One chain's head."""
+async def lock_heads(session: AsyncSession, chain_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """The heads of these chains (created if new), locked, in chain id order."""
+    ordered = sorted(set(chain_ids))
+    await session.execute(insert(AuditChain).values([{"chain_id": c} for c in ordered]).on_conflict_do_nothing())
     result = await session.execute(
-        select(AuditChain.chain_id, AuditChain.seq, AuditChain.hash).where(AuditChain.chain_id == chain_id)
+        select(AuditChain.chain_id, AuditChain.seq, AuditChain.hash, AuditChain.blocks, AuditChain.block_hash)
+        .where(AuditChain.chain_id.in_(ordered))
+        .order_by(AuditChain.chain_id)
+        .with_for_update()
     )
+    return {row.chain_id: row for row in result.all()}
+
+
+async def append_block(
+    session: AsyncSession, chain_id: uuid.UUID, seq: int, *, event_ids: list[int], digests: bytes, digest: bytes
+) -> None:
+    """Store one block and make it the chain's head."""
+    await session.execute(
+        insert(AuditBlock).values(chain_id=chain_id, seq=seq, event_ids=event_ids, digests=digests, hash=digest)
+    )
+    await session.execute(
+        update(AuditChain)
+        .where(AuditChain.chain_id == chain_id)
+        .values(blocks=seq, block_hash=digest, sealed_at=func.now())
+    )
+
+
+async def move_mark(session: AsyncSession, xact: int, event_id: int) -> None:
+    """Everything up to ``(xact, event_id)`` is sealed."""
+    await session.execute(update(AuditSealMark).values(xact=xact, event_id=event_id))
+
+
+async def head(session: AsyncSession, chain_id: uuid.UUID) -> Any:  # noqa: ANN401 - a head row or None
+    """One chain's head."""
+    result = await session.execute(select(*_HEAD_COLUMNS).where(AuditChain.chain_id == chain_id))
     return result.one_or_none()
 
 
-async def heads(session: AsyncSession) -> Sequence[Row[uuid.UUID, int, bytes | None]]:
+async def heads(session: AsyncSession) -> Sequence[Any]:
     """Every chain's head."""
-    result = await session.execute(
-        select(AuditChain.chain_id, AuditChain.seq, AuditChain.hash).order_by(AuditChain.chain_id)
-    )
+    result = await session.execute(select(*_HEAD_COLUMNS).order_by(AuditChain.chain_id))
     return result.all()
 
 
+_HEAD_COLUMNS = (AuditChain.chain_id, AuditChain.seq, AuditChain.hash, AuditChain.blocks, AuditChain.block_hash)
+
+
 async def count_unsealed(session: AsyncSession, tenant_id: uuid.UUID | None, *, scoped: bool) -> int:
-    """Unsealed events of one chain (``scoped``) or of all."""
-    query = select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_(None))
+    """Events past the seal mark, of one chain (``scoped``) or of all."""
+    mark = (await session.execute(select(AuditSealMark.xact, AuditSealMark.event_id))).one()
+    query = select(func.count()).select_from(AuditEvent).where(_past(mark.xact, mark.event_id))
     if scoped:
         query = query.where(_in_chain(tenant_id))
     return int((await session.execute(query)).scalar_one())
@@ -122,7 +141,7 @@ async def count_unsealed(session: AsyncSession, tenant_id: uuid.UUID | None, *, 
 async def sealed_after(
     session: AsyncSession, tenant_id: uuid.UUID | None, after_seq: int, limit: int
 ) -> Sequence[Row[Any]]:
-    """The chain's sealed events with ``seq > after_seq``, in ``seq`` order."""
+    """The chain's events sealed one by one with ``seq > after_seq``, in ``seq`` order."""
     result = await session.execute(
         select(*_EVENT_COLUMNS)
         .where(_in_chain(tenant_id), AuditEvent.seq.is_not(None), AuditEvent.seq > after_seq)
@@ -130,6 +149,23 @@ async def sealed_after(
         .limit(limit)
     )
     return result.all()
+
+
+async def blocks_after(session: AsyncSession, chain_id: uuid.UUID, after_seq: int, limit: int) -> Sequence[Any]:
+    """The chain's blocks with ``seq > after_seq``, in order."""
+    result = await session.execute(
+        select(AuditBlock.seq, AuditBlock.event_ids, AuditBlock.digests, AuditBlock.hash)
+        .where(AuditBlock.chain_id == chain_id, AuditBlock.seq > after_seq)
+        .order_by(AuditBlock.seq)
+        .limit(limit)
+    )
+    return result.all()
+
+
+async def events_by_id(session: AsyncSession, ids: Sequence[int]) -> dict[int, Row[Any]]:
+    """The events with these ids that still exist."""
+    result = await session.execute(select(*_EVENT_COLUMNS).where(AuditEvent.id.in_(ids)))
+    return {row.id: row for row in result.all()}
 
 
 # --- the audit API ----------------------------------------------------------------------------------
@@ -178,7 +214,7 @@ async def events_page(
     limit: int,
 ) -> Sequence[Row[Any]]:
     """Events matching every condition, keyset-paginated on id, with their tenant's client id."""
-    query = select(*_EVENT_COLUMNS, Tenant.client_id.label("client_id")).outerjoin(
+    query = select(*_EVENT_COLUMNS, _SEALED, Tenant.client_id.label("client_id")).outerjoin(
         Tenant, Tenant.id == AuditEvent.tenant_id
     )
     query = query.where(*conditions)

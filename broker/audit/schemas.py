@@ -27,8 +27,8 @@ class AuditEventOut(msgspec.Struct):
     grant_id: uuid.UUID | None
     user_id: str | None
     detail: dict[str, Any]
-    seq: int | None
-    """Position in the tenant's hash chain; null until sealed (within seconds)."""
+    sealed: bool
+    """Whether the event is linked into its tenant's hash chain yet (within seconds of being written)."""
 
 
 class AuditEventPage(msgspec.Struct):
@@ -79,7 +79,7 @@ def event_out(event: EventView) -> AuditEventOut:
         grant_id=event.grant_id,
         user_id=event.user_id,
         detail=event.detail,
-        seq=event.seq,
+        sealed=event.sealed,
     )
 
 

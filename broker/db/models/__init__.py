@@ -2,7 +2,7 @@
 
 from broker.db.models.admin_key import AdminKey
 from broker.db.models.audience import Audience, AudienceMember, AudiencePolicy
-from broker.db.models.audit import AuditChain, AuditEvent
+from broker.db.models.audit import AuditBlock, AuditChain, AuditEvent, AuditSealMark
 from broker.db.models.grant import Grant, GrantParty
 from broker.db.models.keys import TenantKey
 from broker.db.models.tenant import ClientSecret, Tenant
@@ -17,8 +17,10 @@ __all__ = [
     "Audience",
     "AudienceMember",
     "AudiencePolicy",
+    "AuditBlock",
     "AuditChain",
     "AuditEvent",
+    "AuditSealMark",
     "ClientSecret",
     "Grant",
     "GrantParty",
