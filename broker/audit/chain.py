@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("broker.audit")
 
 SEAL_BATCH = 2000
+BACKGROUND_BATCH = 250
+"""Serving processes seal in rounds this small: reading a round's events is one uninterrupted slice of CPU
+(a few milliseconds here at 250), and the requests in flight wait for it."""
 VERIFY_BATCH = 5000
 VERIFY_BLOCKS = 20
 DIGEST_SIZE = 16
@@ -327,6 +330,6 @@ async def _seal_forever(runtime: Runtime, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             async with runtime.sessions() as session:
-                await seal_pending(session, runtime.ring)
+                await seal_pending(session, runtime.ring, batch=BACKGROUND_BATCH)
         except Exception as exc:  # noqa: BLE001 - keep sealing after a database outage
             log.warning("audit sealing failed; will retry", error=type(exc).__name__)
