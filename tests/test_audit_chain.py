@@ -16,6 +16,7 @@ from broker.audit import service as audit
 from broker.cli.main import cli
 from broker.db import migrate
 from broker.db.models import AuditBlock, AuditChain, AuditEvent
+from broker.db.models.audit import GLOBAL_CHAIN
 from tests import dbsetup
 from tests.oauth_helpers import token_ok
 
@@ -315,7 +316,7 @@ async def test_a_chain_sealed_row_by_row_before_blocks_goes_on_in_blocks(setting
                 )
             await session.execute(
                 text("INSERT INTO audit_chains (chain_id, seq, hash) VALUES (:c, 2, :h)"),
-                {"c": chain.GLOBAL_CHAIN, "h": previous},
+                {"c": GLOBAL_CHAIN, "h": previous},
             )
         await asyncio.to_thread(migrate.upgrade, url, "head")
         async with old.sessions() as session:
@@ -327,7 +328,7 @@ async def test_a_chain_sealed_row_by_row_before_blocks_goes_on_in_blocks(setting
             block = (await session.execute(select(AuditBlock))).one()[0]
         assert block.event_ids == [rows[2].id]
         assert block.hash == chain.block_link(
-            key, previous, chain.GLOBAL_CHAIN, 1, event_ids=block.event_ids, digests=block.digests
+            key, previous, GLOBAL_CHAIN, 1, event_ids=block.event_ids, digests=block.digests
         )
         async with old.sessions() as session, session.begin():  # the rows sealed one by one are still guarded
             await session.execute(update(AuditEvent).where(AuditEvent.id == rows[0].id).values(action="forged"))
