@@ -123,6 +123,24 @@ async def test_verify_detects_a_deleted_row_and_a_deleted_block(make_tenant, run
     assert "head says" in result.problems[-1].detail
 
 
+async def test_verify_detects_a_block_deleted_from_the_middle(make_tenant, runtime, sessions):
+    lender = await make_tenant("gap")
+    for _ in range(3):  # three rounds: three blocks
+        await _events(runtime, lender.tenant_id, 2)
+        await _seal(runtime)
+    blocks = await _blocks(sessions, lender.tenant_id)
+    assert len(blocks) >= 3
+    middle = blocks[1]
+    async with sessions() as session, session.begin():
+        await session.execute(delete(AuditEvent).where(AuditEvent.id.in_(middle.event_ids)))
+        await session.execute(
+            delete(AuditBlock).where(AuditBlock.chain_id == lender.tenant_id, AuditBlock.seq == middle.seq)
+        )
+    result = await _verify(runtime, lender.tenant_id)
+    assert [(p.kind, p.seq) for p in result.problems] == [("deleted", middle.seq)]
+    assert "missing before block" in result.problems[0].detail
+
+
 async def test_rewriting_a_block_over_a_deletion_is_still_detected(make_tenant, runtime, sessions):
     lender = await make_tenant("renumbered")
     await _events(runtime, lender.tenant_id, 3)
