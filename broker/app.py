@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator  # noqa: TC003 - Litestar resolves dependency annotations at runtime
+from collections.abc import AsyncIterator, Callable  # noqa: TC003 - Litestar resolves dependency annotations at runtime
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar, Request  # noqa: TC002 - Request is resolved at runtime by Litestar
 from litestar.datastructures import State  # noqa: TC002 - resolved at runtime by Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.types import ControllerRouterHandler, Middleware  # noqa: TC002 - used in runtime annotations
+from litestar.types import ASGIApp, ControllerRouterHandler  # noqa: TC002 - used in runtime annotations
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: TC002 - resolved at runtime by Litestar
 
 from broker import __version__
@@ -30,6 +30,7 @@ from broker.http import health, openapi, ratelimit
 from broker.http import logging as http_logging
 from broker.http import metrics as http_metrics
 from broker.http.admin import PREFIX, READ_METHODS
+from broker.http.hot import BrokerApp
 from broker.keys import routes as keys_routes
 from broker.keys import service as keys_service
 from broker.oauth import routes as oauth_routes
@@ -84,9 +85,9 @@ async def _provide_session(state: State, request: Request[Any, Any, Any]) -> Asy
         yield session
 
 
-def _middleware(settings: Settings) -> list[Middleware]:
+def _middleware(settings: Settings) -> list[Callable[[ASGIApp], ASGIApp]]:
     """Request context (request id, access log, metrics), wrapped in a tracing span when tracing is on."""
-    stack: list[Middleware] = [http_logging.RequestContextMiddleware]
+    stack: list[Callable[[ASGIApp], ASGIApp]] = [http_logging.RequestContextMiddleware]
     if settings.otel_enabled:  # imported only when enabled: no cost when off
         from broker.observability import tracing  # noqa: PLC0415
 
@@ -128,7 +129,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     handlers: list[ControllerRouterHandler] = [health.healthz, health.readyz]
     if settings.metrics_enabled:
         handlers.append(http_metrics.exposition)
-    return Litestar(
+    middleware = _middleware(settings)
+    app = BrokerApp(
         route_handlers=[
             *handlers,
             oauth_routes.router,
@@ -148,7 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "session": Provide(_provide_session),
         },
         exception_handlers=http_errors.HANDLERS,
-        middleware=_middleware(settings),
+        middleware=middleware,
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -160,3 +162,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
     )
+    # The two hottest endpoints skip Litestar's router (broker.http.hot): same handlers, errors and middleware.
+    app.serve_hot(
+        {"/oauth/token": oauth_routes.issue_tokens, "/oauth/introspect": oauth_routes.introspect_token}, middleware
+    )
+    return app

@@ -30,6 +30,16 @@ AUTH_METHODS = ["client_secret_post", "client_secret_basic", "plaid_headers"]
 
 @post("/oauth/token", status_code=200, media_type=MediaType.JSON)
 async def token(request: Request[Any, Any, Any]) -> Response[TokenResponse]:
+    return Response(await issue_tokens(request), headers=NO_STORE)
+
+
+@post("/oauth/introspect", status_code=200, media_type=MediaType.JSON)
+async def introspect(request: Request[Any, Any, Any]) -> Response[IntrospectionResponse]:
+    return Response(await introspect_token(request), headers=NO_STORE)
+
+
+async def issue_tokens(request: Request[Any, Any, Any]) -> TokenResponse:
+    """``/oauth/token``: every grant type. Served by ``token`` and by the hot path (:mod:`broker.http.hot`)."""
     runtime: Runtime = request.app.state.runtime  # not injected: the hot paths skip dependency resolution
     params = await oauth_params(request, multi=frozenset({"audience"}))
     request_id = request_id_of(request)
@@ -52,7 +62,7 @@ async def token(request: Request[Any, Any, Any]) -> Response[TokenResponse]:
         else:
             issued = await service.issue_token(runtime, client, params, request_id)
         service.count_issued(params)
-    body = TokenResponse(
+    return TokenResponse(
         access_token=issued.access_token,
         refresh_token=issued.refresh_token,
         token_type="Bearer",
@@ -61,11 +71,10 @@ async def token(request: Request[Any, Any, Any]) -> Response[TokenResponse]:
         request_id=request_id,
         issued_token_type=issued.issued_token_type,
     )
-    return Response(body, headers=NO_STORE)
 
 
-@post("/oauth/introspect", status_code=200, media_type=MediaType.JSON)
-async def introspect(request: Request[Any, Any, Any]) -> Response[IntrospectionResponse]:
+async def introspect_token(request: Request[Any, Any, Any]) -> IntrospectionResponse:
+    """``/oauth/introspect``. Served by ``introspect`` and by the hot path (:mod:`broker.http.hot`)."""
     runtime: Runtime = request.app.state.runtime
     params = await oauth_params(request)
     request_id = request_id_of(request)
@@ -78,10 +87,10 @@ async def introspect(request: Request[Any, Any, Any]) -> Response[IntrospectionR
 
     result = await as_client(request, runtime, params, describe)
     if isinstance(result, dict):
-        return Response(IntrospectionResponse(active=True, request_id=request_id, **result), headers=NO_STORE)
+        return IntrospectionResponse(active=True, request_id=request_id, **result)
     if result is None:
-        return Response(IntrospectionResponse(active=False, request_id=request_id), headers=NO_STORE)
-    body = IntrospectionResponse(
+        return IntrospectionResponse(active=False, request_id=request_id)
+    return IntrospectionResponse(
         active=True,
         request_id=request_id,
         scope=result.scope,
@@ -94,7 +103,6 @@ async def introspect(request: Request[Any, Any, Any]) -> Response[IntrospectionR
         token_type=result.token_type,
         user_id=result.user_id,
     )
-    return Response(body, headers=NO_STORE)
 
 
 @post("/oauth/revoke", status_code=200, media_type=MediaType.JSON)
