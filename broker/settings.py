@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     refresh_grace_seconds: int = Field(default=30, ge=0, le=600)
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(default=4, ge=1, le=200)  # docs/configuration.md: why 4
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     db_statement_timeout_ms: int = Field(default=10_000, ge=100)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
