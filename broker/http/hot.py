@@ -1,11 +1,11 @@
 """``POST /oauth/token`` and ``POST /oauth/introspect`` without Litestar's router and response objects.
 
-These two endpoints are most of broker's traffic. Litestar spends about a quarter of such a request's
-CPU around the handler: matching the route, its exception middleware, the handler's signature model, and
-building a ``Response`` and then an ``ASGIResponse`` (measured in-process: 0.43 ms of CPU per
-``client_credentials`` request through Litestar, 0.33 ms here; see docs/performance.md). ``BrokerApp``
-answers these two (path, method) pairs itself and hands every other request, and the lifespan, to
-Litestar unchanged.
+These two endpoints are most of broker's traffic. Around their handlers Litestar matches the route,
+runs its exception middleware and the handler's signature model, and builds a ``Response`` and then an
+``ASGIResponse``: about 5% of such a request's CPU (measured in-process: 0.426 ms per
+``client_credentials`` request through Litestar, 0.405 ms here; docs/performance.md, "Fourth round").
+``BrokerApp`` answers these two (path, method) pairs itself and hands every other request, and the
+lifespan, to Litestar unchanged.
 
 Nothing about the answer changes. The request is Litestar's own ``Request`` (same body limit, since it
 carries the registered route handler; same header parsing); the handler bodies are the ones the Litestar
