@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import make_url
 
 from broker.settings import to_asyncpg_url
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from broker.settings import Settings
 
 _PREPARED: list[str] = []
+_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
 SUSPEND_SECONDS = 5.0
 log = structlog.get_logger("broker.db")
 
@@ -70,15 +72,15 @@ def unique_statement_name() -> str:
 
 
 def connect_kwargs(settings: Settings, url_text: str | None = None) -> dict[str, Any]:
-    """Asyncpg connection arguments for the configured database (the same server settings as the engine)."""
+    """Asyncpg connection arguments for the configured database, with the same server settings as the engine.
+
+    The arguments come from the URL exactly as the engine's dialect reads it, so both pools reach the same
+    server the same way: a socket directory and port given as query parameters (``?host=/run/pg&port=5433``),
+    ``?ssl=require``, several hosts.
+    """
     url = make_url(to_asyncpg_url(url_text) if url_text else settings.async_database_url)
-    kwargs: dict[str, Any] = {
-        "user": url.username,
-        "password": url.password,
-        "database": url.database,
-        "host": url.query.get("host", url.host),
-        "port": url.port,
-    }
+    _, kwargs = _DIALECT.create_connect_args(url)  # type: ignore[no-untyped-call]
+    kwargs.pop("prepared_statement_cache_size", None)  # SQLAlchemy's own argument, not asyncpg's
     kwargs = {key: value for key, value in kwargs.items() if value not in (None, "")}
     kwargs["timeout"] = 10
     kwargs["command_timeout"] = settings.db_statement_timeout_ms / 1000 + 5
