@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
+import httpx
 from click.testing import CliRunner
 from sqlalchemy import delete, select, text, update
 
@@ -18,6 +20,7 @@ from broker.db import migrate
 from broker.db.models import AuditBlock, AuditChain, AuditEvent
 from broker.db.models.audit import GLOBAL_CHAIN
 from tests import dbsetup
+from tests.conftest import serve
 from tests.oauth_helpers import token_ok
 
 
@@ -356,3 +359,40 @@ async def test_a_chain_sealed_row_by_row_before_blocks_goes_on_in_blocks(setting
     finally:
         await old.close()
         await asyncio.to_thread(dbsetup.drop_database, url)
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie awaiting its parent's wait has ended)."""
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+async def test_broker_serve_seals_in_a_process_beside_its_workers(make_tenant, sessions):
+    """`broker serve` seals in a child of its own (the workers are told not to) and stops it with the server."""
+    lender = await make_tenant("sealed-by-serve")
+    with serve({"BROKER_AUDIT_SEAL_INTERVAL_SECONDS": "0.2"}) as server:
+        children = _children(server.process.pid)
+        assert len(children) == 3  # two granian workers and the sealer
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            answer = await client.post("/oauth/token", data={"grant_type": "client_credentials", **lender.body})
+        assert answer.status_code == 200
+        request_id = answer.json()["request_id"]
+        for _ in range(100):
+            async with sessions() as session:
+                event_id = await session.scalar(select(AuditEvent.id).where(AuditEvent.request_id == request_id))
+                blocks = await session.scalars(
+                    select(AuditBlock.event_ids).where(AuditBlock.chain_id == lender.tenant_id)
+                )
+                if event_id is not None and any(event_id in ids for ids in blocks):
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the event of a request served by `broker serve` was not sealed within 10 s")
+    assert not [pid for pid in children if _running(pid)]  # the sealer ends with the server, like the workers

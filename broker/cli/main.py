@@ -10,6 +10,7 @@ import click
 
 from broker import errors
 from broker.admin_keys import service as admin_keys
+from broker.audit import sealer
 from broker.cli import audit as audit_cli
 from broker.cli import bootstrap
 from broker.cli import check as check_cli
@@ -96,7 +97,10 @@ def serve(host: str | None, port: int | None, workers: int | None, no_migrate: b
     keys_cli.refuse_missing_keys(settings)  # a key retired too early: one line here, not a traceback per worker
     bind_host, bind_port = host or settings.host, port or settings.port
     click.echo(f"broker serving on http://{bind_host}:{bind_port} (OpenAPI UI at /schema)", err=True)
-    with bootstrap.metrics_directory(settings):  # the workers sum their metrics through it
+    with (
+        bootstrap.metrics_directory(settings),  # the workers sum their metrics through it
+        sealer.sealing_process(settings),  # audit sealing beside the workers, not inside them
+    ):
         Granian(
             "broker.app:create_app",
             factory=True,
