@@ -28,6 +28,8 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
+from broker.audit import sealer
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -270,12 +272,12 @@ class Broker:
         return {process.pid for process in (self.process, *self.others) if process is not None}
 
     def worker_pids(self) -> list[int]:
-        """The granian worker processes (children of the main processes)."""
+        """The granian worker processes: children of the main processes, but not the audit sealer."""
         pids: list[int] = []
         for main in sorted(self.sessions):
             children = Path(f"/proc/{main}/task/{main}/children")
             with contextlib.suppress(OSError):
-                pids += [int(pid) for pid in children.read_text().split()]
+                pids += [int(pid) for pid in children.read_text().split() if not _is_sealer(int(pid))]
         return pids
 
     def show_log_on_failure(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -437,3 +439,10 @@ def dump_json(path: Path, data: object) -> None:
     """Write ``data`` as indented JSON, creating the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _is_sealer(pid: int) -> bool:
+    """Whether ``pid`` is ``broker serve``'s audit sealer (``broker.audit.sealer``), by its kernel name."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip() == sealer.PROCESS_NAME
+    return False

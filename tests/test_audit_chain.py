@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import delete, select, text, update
 
 from broker.app import build_runtime
-from broker.audit import chain, repository
+from broker.audit import chain, repository, sealer
 from broker.audit import service as audit
 from broker.cli.main import cli
 from broker.db import migrate
@@ -361,10 +361,12 @@ async def test_a_chain_sealed_row_by_row_before_blocks_goes_on_in_blocks(setting
         await asyncio.to_thread(dbsetup.drop_database, url)
 
 
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
+def _children(pid: int) -> dict[int, str]:
+    """The child processes of ``pid``, with their kernel names."""
+    found: dict[int, str] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(child) for child in (task / "children").read_text().split())
+        for child in (task / "children").read_text().split():
+            found[int(child)] = Path(f"/proc/{child}/comm").read_text().strip()
     return found
 
 
@@ -380,6 +382,7 @@ async def test_broker_serve_seals_in_a_process_beside_its_workers(make_tenant, s
     with serve({"BROKER_AUDIT_SEAL_INTERVAL_SECONDS": "0.2"}) as server:
         children = _children(server.process.pid)
         assert len(children) == 3  # two granian workers and the sealer
+        assert list(children.values()).count(sealer.PROCESS_NAME) == 1
         async with httpx.AsyncClient(base_url=server.url) as client:
             answer = await client.post("/oauth/token", data={"grant_type": "client_credentials", **lender.body})
         assert answer.status_code == 200
