@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -399,3 +400,21 @@ async def test_broker_serve_seals_in_a_process_beside_its_workers(make_tenant, s
         else:
             raise AssertionError("the event of a request served by `broker serve` was not sealed within 10 s")
     assert not [pid for pid in children if _running(pid)]  # the sealer ends with the server, like the workers
+
+
+def test_the_sealer_process_hands_its_workers_no_sealing_and_stops_with_the_block(settings):
+    """Inside the block the environment tells forked workers not to seal; after it, both are as before."""
+    variable = "BROKER_AUDIT_SEAL_INTERVAL_SECONDS"
+    before = os.environ.get(variable)
+    with sealer.sealing_process(settings.model_copy(update={"audit_seal_interval_seconds": 0.2})):
+        for _ in range(100):  # the child names itself as its first step
+            children = _children(os.getpid())
+            if sealer.PROCESS_NAME in children.values():
+                break
+            time.sleep(0.05)
+        assert list(children.values()).count(sealer.PROCESS_NAME) == 1
+        assert os.environ[variable] == "0"
+    assert os.environ.get(variable) == before
+    assert not [pid for pid in children if _running(pid)]
+    with sealer.sealing_process(settings.model_copy(update={"audit_seal_interval_seconds": 0})):
+        assert sealer.PROCESS_NAME not in _children(os.getpid()).values()  # sealing off: no process at all

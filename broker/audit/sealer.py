@@ -21,12 +21,12 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
-import signal
 from typing import TYPE_CHECKING
 
 import structlog
 
 from broker.audit import chain
+from broker.signals import stop_requested
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -79,15 +79,12 @@ def _run(settings: Settings) -> None:
 async def _seal_until_stopped(settings: Settings) -> None:
     from broker.app import build_runtime  # noqa: PLC0415 - broker.app imports this package
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     runtime = build_runtime(settings)
     log.info("audit sealer started", pid=os.getpid(), interval=settings.audit_seal_interval_seconds)
     try:
-        async with chain.sealing(runtime):
-            await stop.wait()
+        with stop_requested() as stop:
+            async with chain.sealing(runtime):
+                await stop.wait()
     finally:
         await runtime.close()
 

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import random
-import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ from broker import __version__
 from broker.crypto import envelope
 from broker.keys import sealing
 from broker.observability import metrics
+from broker.signals import stop_requested
 from broker.webhooks import outbox, repository, safety, signing
 
 if TYPE_CHECKING:
@@ -431,14 +431,7 @@ async def running(runtime: Runtime) -> AsyncIterator[DeliveryWorker | None]:
 
 async def run_forever(runtime: Runtime) -> DeliveryWorker:
     """Run one worker until SIGINT or SIGTERM (``broker worker``); in-flight posts finish first."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     worker = DeliveryWorker(runtime)
-    try:
+    with stop_requested() as stop:
         await worker.run(stop)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
     return worker
